@@ -1,0 +1,80 @@
+// Package proc identifies processes robustly: a pid together with the
+// process's start time, so that a pid reused by a new process is not taken
+// for the old one.
+package proc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// StartTime returns the start time of process pid, in clock ticks since boot
+// (field 22 of /proc/PID/stat).
+func StartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	_, start, err := parseStat(b)
+	return start, err
+}
+
+// parseStat extracts the state (field 3) and start time (field 22) from the
+// contents of /proc/PID/stat. The command name (field 2) is in parentheses
+// and may itself contain spaces and parentheses, so fields are counted from
+// the last ')'.
+func parseStat(stat []byte) (state byte, start uint64, err error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, 0, errors.New("proc: malformed stat: no ')'")
+	}
+	fields := bytes.Fields(stat[i+1:])
+	// fields[0] is field 3 (state); field 22 is fields[19].
+	if len(fields) < 20 || len(fields[0]) != 1 {
+		return 0, 0, fmt.Errorf("proc: malformed stat: %d fields after comm", len(fields))
+	}
+	start, err = strconv.ParseUint(string(fields[19]), 10, 64)
+	return fields[0][0], start, err
+}
+
+var self struct {
+	once  sync.Once
+	start uint64
+}
+
+// SelfStartTime returns this process's start time in clock ticks since boot,
+// or 0 if /proc is unavailable.
+func SelfStartTime() uint64 {
+	self.once.Do(func() { self.start, _ = StartTime(os.Getpid()) })
+	return self.start
+}
+
+// Alive reports whether process pid exists and, when start is not zero,
+// started at start (compared on its low 32 bits, which is what shared tables
+// store). Without /proc it falls back to kill(pid, 0).
+func Alive(pid int, start uint32) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err == nil {
+		state, st, perr := parseStat(b)
+		if perr != nil {
+			return true // unreadable but present: do not declare it dead
+		}
+		// A zombie ('Z') or dead ('X') process has exited; its pid is only
+		// waiting to be reaped.
+		return state != 'Z' && state != 'X' && (start == 0 || uint32(st) == start)
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	// /proc unreadable: kill(pid, 0) tells existence (EPERM means it exists).
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}

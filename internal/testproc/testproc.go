@@ -1,0 +1,204 @@
+// Package testproc runs parts of a test in separate processes by
+// re-executing the test binary, in the os/exec TestHelperProcess style.
+//
+// A test package declares one helper entry point:
+//
+//	func TestHelperProcess(t *testing.T) {
+//		testproc.Serve(map[string]testproc.Role{"producer": runProducer})
+//	}
+//
+// Serve returns at once in a normal test run. A test starts a child with
+// Start(t, "producer", args...); the child runs the role function with args
+// and exits 0 if it returns nil. Children talk to the parent through lines on
+// stdout (Proc.Expect, Proc.Lines) and through files; every child is killed
+// and reaped when the test ends.
+package testproc
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const envRole = "SHMRING_TESTPROC_ROLE"
+
+// Role is the body of a child process. args are those given to Start.
+type Role func(args []string) error
+
+// Serve runs the role named in the environment and exits; without one it
+// returns at once. Call it from a TestHelperProcess test.
+func Serve(roles map[string]Role) {
+	name := os.Getenv(envRole)
+	if name == "" {
+		return
+	}
+	role, ok := roles[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "testproc: unknown role %q\n", name)
+		os.Exit(3)
+	}
+	args := os.Args
+	for i, a := range args {
+		if a == "--" {
+			args = args[i+1:]
+			break
+		}
+	}
+	if err := role(args); err != nil {
+		fmt.Fprintf(os.Stderr, "testproc: role %s: %v\n", name, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// Proc is a running child.
+type Proc struct {
+	Role string
+	Cmd  *exec.Cmd
+
+	stderr *syncBuffer
+	done   chan struct{}
+	err    error
+
+	mu      sync.Mutex
+	all     []string
+	changed chan struct{} // closed and replaced whenever a line arrives
+	pos     int           // lines before pos were consumed by Expect
+}
+
+// Start starts the test binary as a child running role with args. The child
+// is killed and reaped when the test ends.
+func Start(t testing.TB, role string, args ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestHelperProcess$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), envRole+"="+role)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatalf("testproc: stdout pipe: %v", err)
+	}
+	p := &Proc{Role: role, Cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{}), changed: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("testproc: start %s: %v", role, err)
+	}
+	go p.scan(stdout)
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+func (p *Proc) scan(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		p.mu.Lock()
+		p.all = append(p.all, line)
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.mu.Unlock()
+	}
+	_, _ = io.Copy(io.Discard, r)
+	p.err = p.Cmd.Wait()
+	close(p.done)
+}
+
+// Expect waits up to timeout for a stdout line that starts with prefix and
+// returns it. Lines before it are skipped (they stay in Lines).
+func (p *Proc) Expect(prefix string, timeout time.Duration) (string, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		for ; p.pos < len(p.all); p.pos++ {
+			if line := p.all[p.pos]; strings.HasPrefix(line, prefix) {
+				p.pos++
+				p.mu.Unlock()
+				return line, nil
+			}
+		}
+		changed := p.changed
+		p.mu.Unlock()
+		select {
+		case <-changed:
+		case <-p.done:
+			p.mu.Lock()
+			more := p.pos < len(p.all)
+			p.mu.Unlock()
+			if !more {
+				return "", fmt.Errorf("testproc: %s exited (%v) before printing %q; stderr: %s", p.Role, p.err, prefix, p.Stderr())
+			}
+		case <-deadline.C:
+			return "", fmt.Errorf("testproc: %s printed no %q within %v; stderr: %s", p.Role, prefix, timeout, p.Stderr())
+		}
+	}
+}
+
+// Wait waits up to timeout for the child to exit and returns its error (with
+// its stderr when it failed).
+func (p *Proc) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.Cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("testproc: %s still running after %v, killed; stderr: %s", p.Role, timeout, p.Stderr())
+	}
+	if p.err != nil {
+		return fmt.Errorf("testproc: %s: %v; stderr: %s", p.Role, p.err, p.Stderr())
+	}
+	return nil
+}
+
+// Kill sends SIGKILL and reaps the child. It reports whether the child died
+// of that signal (false if it had exited already).
+func (p *Proc) Kill() bool {
+	_ = p.Cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	ws, ok := p.Cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// Pid returns the child's process id.
+func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
+
+// Lines returns every stdout line printed so far.
+func (p *Proc) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.all...)
+}
+
+// Stderr returns what the child wrote to stderr so far.
+func (p *Proc) Stderr() string { return p.stderr.String() }
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

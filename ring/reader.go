@@ -1,0 +1,533 @@
+package ring
+
+import (
+	"context"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"time"
+
+	"github.com/shmring/shmring/shm"
+)
+
+// Start says where a new reader begins.
+type Start struct {
+	kind startKind
+	seq  uint64
+}
+
+type startKind int
+
+const (
+	startLatest startKind = iota
+	startOldest
+	startAt
+)
+
+var (
+	// Latest starts after the newest record: the reader sees only what is
+	// appended from now on. It is the zero Start.
+	Latest = Start{kind: startLatest}
+	// Oldest starts at the oldest record still in the ring.
+	Oldest = Start{kind: startOldest}
+)
+
+// AtSeq starts at sequence seq, typically a Cursor saved before a restart.
+// Records between seq and the oldest one still in the ring are counted as
+// lost.
+func AtSeq(seq uint64) Start { return Start{kind: startAt, seq: seq} }
+
+func (s Start) String() string {
+	switch s.kind {
+	case startOldest:
+		return "oldest"
+	case startAt:
+		return fmt.Sprintf("seq %d", s.seq)
+	}
+	return "latest"
+}
+
+// Defaults for ReaderOptions, the same as lua-resty-worker-events'.
+const (
+	DefaultWaitInterval = 10 * time.Millisecond
+	DefaultWaitMax      = 500 * time.Millisecond
+	DefaultBatch        = 256
+)
+
+// ReaderOptions configure a Reader. The zero value gives the defaults.
+type ReaderOptions struct {
+	// Start is where the reader begins; default Latest.
+	Start Start
+	// WaitInterval is how often an incomplete entry is retried; default 10ms.
+	WaitInterval time.Duration
+	// WaitMax is how long an incomplete entry is waited for before it is
+	// abandoned (for every reader) and counted; default 500ms.
+	WaitMax time.Duration
+	// Unregistered keeps the reader out of the region's reader registry
+	// (for short-lived observers).
+	Unregistered bool
+	// Batch is the most records copied out per refill; default 256.
+	Batch int
+}
+
+// Record is one record as returned by Read. Data is a copy private to the
+// Reader, valid until its next Read.
+type Record struct {
+	Seq  uint64
+	Data []byte
+}
+
+// ReaderStats are one reader's counters. Every sequence number the reader
+// has moved past is counted in exactly one of them.
+type ReaderStats struct {
+	Received  uint64 // records delivered by Read
+	Lost      uint64 // records lapped or overwritten before they could be read
+	Abandoned uint64 // entries skipped because their producer never committed
+	Corrupt   uint64 // entries that failed their bounds or checksum checks
+}
+
+type batchRecord struct {
+	seq    uint64
+	pos    uint64 // data-ring position, for the overwrite check
+	off    int    // offset in the arena
+	length uint32
+	crc    uint32
+}
+
+// Reader reads a Ring from one goroutine at a time. Each process may have any
+// number of readers; each sees every record independently.
+type Reader struct {
+	ring *Ring
+	opts ReaderOptions
+
+	cursor uint64 // next sequence to examine (past the buffered batch)
+	arena  []byte
+	recs   []batchRecord
+	next   int // next buffered record to deliver
+
+	stats ReaderStats
+
+	pendingSeq   uint64
+	pendingSince time.Time
+	pendingSet   bool
+
+	slot      *readerSlot // nil when Unregistered
+	slotIndex int
+	fills     uint64
+	closed    bool
+}
+
+const arenaSoftCap = 256 << 10
+
+// NewReader returns a reader positioned by opts.Start.
+func (r *Ring) NewReader(opts ReaderOptions) (*Reader, error) {
+	if r.closed.Load() {
+		return nil, ErrClosed
+	}
+	if opts.WaitInterval <= 0 {
+		opts.WaitInterval = DefaultWaitInterval
+	}
+	if opts.WaitMax <= 0 {
+		opts.WaitMax = DefaultWaitMax
+	}
+	if opts.Batch <= 0 {
+		opts.Batch = DefaultBatch
+	}
+	rd := &Reader{ring: r, opts: opts, slotIndex: -1, recs: make([]batchRecord, 0, opts.Batch)}
+	tail := r.ctl.seqTail.Load()
+	switch opts.Start.kind {
+	case startLatest:
+		rd.cursor = tail
+	case startOldest:
+		rd.cursor = r.Oldest()
+	case startAt:
+		if opts.Start.seq > tail {
+			return nil, fmt.Errorf("start at %d, next sequence is %d: %w", opts.Start.seq, tail, ErrCursor)
+		}
+		rd.cursor = opts.Start.seq
+	}
+	if !opts.Unregistered {
+		i, err := r.claimSlot()
+		if err != nil {
+			return nil, err
+		}
+		rd.slot, rd.slotIndex = &r.slots[i], i
+		rd.publish()
+		r.readersMu.Lock()
+		if r.readers == nil {
+			r.readers = make(map[*Reader]struct{})
+		}
+		r.readers[rd] = struct{}{}
+		r.readersMu.Unlock()
+	}
+	return rd, nil
+}
+
+// Cursor returns the sequence number of the next record Read will consider.
+// A reader started with AtSeq(Cursor()) after a restart neither repeats nor
+// skips a record still in the ring.
+func (rd *Reader) Cursor() uint64 {
+	if rd.next < len(rd.recs) {
+		return rd.recs[rd.next].seq
+	}
+	return rd.cursor
+}
+
+// Stats returns the reader's counters.
+func (rd *Reader) Stats() ReaderStats { return rd.stats }
+
+// Slot returns the reader's registry slot, or -1 if it has none.
+func (rd *Reader) Slot() int { return rd.slotIndex }
+
+// Close releases the reader's registry slot. It is idempotent.
+func (rd *Reader) Close() error {
+	if rd.closed {
+		return nil
+	}
+	rd.closed = true
+	if rd.slot == nil {
+		return nil
+	}
+	r := rd.ring
+	r.readersMu.Lock()
+	defer r.readersMu.Unlock()
+	if !r.closed.Load() {
+		rd.publish()
+		// Release: the slot's counters are final before it reads as free.
+		rd.slot.owner.Store(0)
+		delete(r.readers, rd)
+	}
+	rd.slot = nil
+	return nil
+}
+
+// Read returns the next record without blocking. It returns ErrEmpty when the
+// reader has caught up and ErrPending when the next entry is claimed but not
+// yet committed; a Read at least WaitMax after the first ErrPending for an
+// entry abandons it and moves on. Records lost, abandoned or corrupt on the
+// way are skipped and counted in Stats.
+func (rd *Reader) Read() (Record, error) {
+	if rd.next >= len(rd.recs) {
+		if err := rd.fill(); err != nil {
+			return Record{}, err
+		}
+	}
+	b := &rd.recs[rd.next]
+	rd.next++
+	rd.stats.Received++
+	end := b.off + int(b.length)
+	return Record{Seq: b.seq, Data: rd.arena[b.off:end:end]}, nil
+}
+
+// ReadContext returns the next record, blocking until one is committed or ctx
+// ends. An incomplete entry is retried every WaitInterval and abandoned
+// after WaitMax, so it blocks for at most WaitMax on a dead producer.
+func (rd *Reader) ReadContext(ctx context.Context) (Record, error) {
+	for {
+		rec, err := rd.Read()
+		if err != ErrEmpty && err != ErrPending {
+			return rec, err
+		}
+		if err := rd.Wait(ctx, 0); err != nil {
+			return Record{}, err
+		}
+	}
+}
+
+// fill refills the batch. It returns nil with at least one record buffered,
+// or ErrEmpty, ErrPending or ErrClosed.
+func (rd *Reader) fill() error {
+	if rd.closed || rd.ring.closed.Load() {
+		return ErrClosed
+	}
+	r := rd.ring
+	rd.recs = rd.recs[:0]
+	rd.arena = rd.arena[:0]
+	rd.next = 0
+	rd.fills++
+	if rd.slot != nil && rd.fills%64 == 0 {
+		rd.publish()
+	}
+	for {
+		// Acquire: pairs with the producers' fetch-add; every sequence below
+		// tail has been claimed. Read once per batch, not per record.
+		tail := r.ctl.seqTail.Load()
+		if rd.cursor >= tail {
+			return ErrEmpty
+		}
+		if n := uint64(len(r.index)); tail-rd.cursor > n {
+			// Lapped: everything older than tail-n has been overwritten.
+			rd.stats.Lost += tail - n - rd.cursor
+			rd.cursor = tail - n
+		}
+		pending := rd.copyBatch(tail)
+		if len(rd.recs) > 0 {
+			rd.verifyBatch()
+		}
+		if len(rd.recs) > 0 {
+			return nil
+		}
+		if pending {
+			return ErrPending
+		}
+		// Everything examined was skipped (lost, abandoned, corrupt): go on.
+	}
+}
+
+// copyBatch copies committed records from the cursor up to tail into the
+// arena. It reports whether it stopped at an incomplete entry.
+func (rd *Reader) copyBatch(tail uint64) (pending bool) {
+	r := rd.ring
+	c := rd.cursor
+	defer func() { rd.cursor = c }()
+	for c < tail && len(rd.recs) < cap(rd.recs) && len(rd.arena) < arenaSoftCap {
+		e := &r.index[c&r.indexMask]
+		// Acquire: pairs with the commit CAS in Ring.commit; the fields and
+		// record bytes written before it are visible once we see committed.
+		st := e.stamp.Load()
+		switch {
+		case st == stamp(c, stateCommitted):
+			pos, length, crc := e.dataPos, e.length, e.crc
+			if length > r.maxRecord {
+				if e.stamp.Load() == st {
+					rd.stats.Corrupt++
+				} else {
+					rd.stats.Lost++
+				}
+				c++
+				continue
+			}
+			off := len(rd.arena)
+			start := pos & r.dataMask
+			rd.arena = append(rd.arena, r.data[start:start+uint64(length)]...)
+			// Seqlock "end": if the entry changed while we copied, a later
+			// lap took it and what we copied may be torn.
+			if e.stamp.Load() != st {
+				rd.arena = rd.arena[:off]
+				rd.stats.Lost++
+				c++
+				continue
+			}
+			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length, crc: crc})
+			c++
+		case st == stamp(c, stateAbandoned):
+			rd.stats.Abandoned++
+			c++
+		case stampSeq(st) > c:
+			// A later lap reused the entry before we got to it.
+			rd.stats.Lost++
+			c++
+		default:
+			// Claimed (c < tail) but not committed: the stamp is still the
+			// previous lap's, or busy(c).
+			if len(rd.recs) > 0 {
+				return true // deliver what we have first
+			}
+			if !rd.giveUp(c, e, st) {
+				return true
+			}
+			c++
+		}
+	}
+	return false
+}
+
+// giveUp decides whether the incomplete entry for seq c has been waited for
+// long enough, and if so abandons it for every reader. It reports whether
+// the reader should move past c (and has counted it).
+func (rd *Reader) giveUp(c uint64, e *entry, st uint64) bool {
+	since := rd.notePending(c)
+	if time.Since(since) < rd.opts.WaitMax {
+		return false
+	}
+	for range 8 {
+		// Full barrier: after this CAS the producer's own commit CAS
+		// (busy -> committed) fails, so every reader sees abandoned(c), or
+		// committed(c) if the producer won the race.
+		if e.stamp.CompareAndSwap(st, stamp(c, stateAbandoned)) {
+			rd.ring.ctl.abandoned.Add(1) // counter only
+			rd.stats.Abandoned++
+			rd.pendingSet = false
+			return true
+		}
+		st = e.stamp.Load() // acquire: pairs with the commit CAS
+		switch {
+		case st == stamp(c, stateCommitted):
+			return false // committed at the last moment: read it normally
+		case st == stamp(c, stateAbandoned):
+			rd.stats.Abandoned++
+			rd.pendingSet = false
+			return true
+		case stampSeq(st) > c:
+			rd.stats.Lost++
+			rd.pendingSet = false
+			return true
+		}
+	}
+	// The stamp keeps changing under us: a damaged or hostile writer.
+	rd.stats.Corrupt++
+	rd.pendingSet = false
+	return true
+}
+
+// notePending records when the reader first found seq c incomplete.
+func (rd *Reader) notePending(c uint64) time.Time {
+	if !rd.pendingSet || rd.pendingSeq != c {
+		rd.pendingSeq, rd.pendingSince, rd.pendingSet = c, time.Now(), true
+	}
+	return rd.pendingSince
+}
+
+// verifyBatch drops the copied records whose bytes may have been overwritten
+// while they were copied, or that fail their checksum.
+func (rd *Reader) verifyBatch() {
+	r := rd.ring
+	// Acquire, after the copies: producers claim bytes (fetch-add on
+	// dataTail) before they write them, so a record whose first byte is
+	// still within the last D claimed bytes was intact while we copied it.
+	dataTail := r.ctl.dataTail.Load()
+	kept := rd.recs[:0]
+	for _, b := range rd.recs {
+		if dataTail-b.pos > r.dataSize {
+			rd.stats.Lost++
+			continue
+		}
+		got := crc32.Checksum(rd.arena[b.off:b.off+int(b.length)], castagnoli) ^ seqMix(b.seq)
+		if got != b.crc {
+			// Not overwritten by the ring's own producers, yet wrong: a
+			// producer that wrote after its entry was abandoned, or damage.
+			rd.stats.Corrupt++
+			continue
+		}
+		kept = append(kept, b)
+	}
+	rd.recs = kept
+}
+
+// Wait blocks until Read has something to return, ctx ends, or timeout
+// passes (timeout <= 0: no limit). It sleeps on the ring's futex, so it wakes
+// within microseconds of a commit and costs no CPU while idle. While the next
+// entry is incomplete it returns after at most WaitInterval, so that the
+// caller's Read retries (and in time abandons) it. It returns ctx.Err() or
+// os.ErrDeadlineExceeded when it gives up.
+func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
+	if rd.next < len(rd.recs) {
+		return nil
+	}
+	if rd.closed || rd.ring.closed.Load() {
+		return ErrClosed
+	}
+	ctl := rd.ring.ctl
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() {
+			ctl.wakeGen.Add(1) // make a sleeper's futex word stale, then wake it
+			shm.Wake(&ctl.wakeGen)
+		})
+		defer stop()
+	}
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if rd.slot != nil {
+		rd.publish()
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		state := rd.peek()
+		if state == peekReady {
+			return nil
+		}
+		sleep := time.Duration(0)
+		if !deadline.IsZero() {
+			sleep = time.Until(deadline)
+			if sleep <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+		}
+		if state == peekPending {
+			left := rd.opts.WaitMax - time.Since(rd.notePending(rd.cursor))
+			if left <= 0 {
+				return nil // time to abandon it: Read does that
+			}
+			sleep = minPositive(sleep, min(rd.opts.WaitInterval, left))
+		}
+		timedOut := rd.sleep(sleep)
+		if state == peekPending {
+			return nil // retry the entry every WaitInterval
+		}
+		if timedOut && !deadline.IsZero() && time.Until(deadline) <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+	}
+}
+
+// sleep announces the reader as a waiter, re-checks the ring and sleeps on
+// wakeGen for at most d (d <= 0: no limit). It reports whether it timed out.
+func (rd *Reader) sleep(d time.Duration) bool {
+	ctl := rd.ring.ctl
+	// Full barrier: a producer that commits after this point sees waiters > 0
+	// and wakes us; one that committed before it is seen by the peek below.
+	ctl.waiters.Add(1)
+	if rd.slot != nil {
+		rd.slot.waiting.Store(1) // lets a reclaimer undo our waiters count if we die
+	}
+	gen := ctl.wakeGen.Load() // must be read before the re-check
+	var err error
+	if before := rd.peek(); before == peekEmpty || before == peekPending {
+		err = shm.Wait(&ctl.wakeGen, gen, d)
+	}
+	if rd.slot != nil {
+		rd.slot.waiting.Store(0)
+	}
+	ctl.waiters.Add(^uint32(0))
+	return err != nil
+}
+
+type peekState int
+
+const (
+	peekEmpty peekState = iota
+	peekPending
+	peekReady
+)
+
+// peek classifies the entry at the cursor without changing anything.
+func (rd *Reader) peek() peekState {
+	r := rd.ring
+	c := rd.cursor
+	tail := r.ctl.seqTail.Load() // acquire: pairs with the producers' fetch-add
+	if c >= tail {
+		return peekEmpty
+	}
+	if tail-c > uint64(len(r.index)) {
+		return peekReady // lapped: Read counts the loss
+	}
+	st := r.index[c&r.indexMask].stamp.Load() // acquire: pairs with the commit CAS
+	if st == stamp(c, stateCommitted) || st == stamp(c, stateAbandoned) || stampSeq(st) > c {
+		return peekReady
+	}
+	return peekPending
+}
+
+func minPositive(a, b time.Duration) time.Duration {
+	if a <= 0 {
+		return b
+	}
+	return min(a, b)
+}
+
+// publish copies the reader's cursor and counters into its registry slot.
+func (rd *Reader) publish() {
+	s := rd.slot
+	// Each store is independent: observers read a recent snapshot, not a
+	// consistent one.
+	s.cursor.Store(rd.Cursor())
+	s.received.Store(rd.stats.Received)
+	s.lost.Store(rd.stats.Lost)
+	s.abandoned.Store(rd.stats.Abandoned)
+	s.corrupt.Store(rd.stats.Corrupt)
+	s.heartbeat.Store(uint64(time.Now().UnixNano()))
+}

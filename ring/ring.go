@@ -1,0 +1,344 @@
+// Package ring is a multi-producer, many-reader broadcast ring of opaque
+// records in a shared region (package shm).
+//
+// Any process appends; every reader sees every committed record once, in one
+// global order given by a 64-bit sequence number, the same in every process.
+// Readers never hold producers back: a reader that falls behind by more than
+// the ring holds is lapped and learns exactly how many records it lost. An
+// entry whose producer claimed it and never committed (it was slow, or was
+// killed) is retried every WaitInterval and abandoned after WaitMax, for every
+// reader at once, and the producer, if it ever comes back, gets ErrAbandoned.
+//
+// The byte maps of the parts of the region this package owns are in layout.go.
+package ring
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/shmring/shmring/shm"
+)
+
+var (
+	// ErrTooBig: the record is larger than the ring's MaxRecord.
+	ErrTooBig = errors.New("ring: record too big")
+	// ErrAbandoned: the producer was too slow; readers gave up on its entry
+	// (or the ring reused it) before it committed. The record was not
+	// published; the caller may append it again.
+	ErrAbandoned = errors.New("ring: entry abandoned before commit")
+	// ErrEmpty: Read found nothing new.
+	ErrEmpty = errors.New("ring: no new record")
+	// ErrPending: the next entry is claimed but not committed yet; Read will
+	// abandon it once it has waited WaitMax.
+	ErrPending = errors.New("ring: next entry not committed yet")
+	// ErrNoReaderSlot: every reader-registry slot is held by a live reader.
+	ErrNoReaderSlot = errors.New("ring: reader registry full")
+	// ErrCursor: a start sequence lies beyond the ring's next sequence.
+	ErrCursor = errors.New("ring: start sequence is in the future")
+	// ErrClosed: the ring or reader is closed. It is shm.ErrClosed (os.ErrClosed).
+	ErrClosed = shm.ErrClosed
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Ring is one process's handle on a shared ring. Its append methods may be
+// called from many goroutines at once.
+type Ring struct {
+	region *shm.Region // nil for rings over plain memory (tests, fuzzing)
+	ctl    *control
+	index  []entry
+	data   []byte // 2*dataSize: the data ring mapped twice
+	slots  []readerSlot
+
+	indexMask uint64
+	dataMask  uint64
+	dataSize  uint64
+	maxRecord uint32
+	closed    atomic.Bool
+
+	readersMu sync.Mutex
+	readers   map[*Reader]struct{} // open readers, whose slots Close releases
+
+	// hook, when set (tests only), runs at points of an append where a
+	// crash or a pause matters; see hookPoint.
+	hook func(point hookPoint, seq uint64)
+}
+
+type hookPoint int
+
+const (
+	hookClaimed hookPoint = iota // seq claimed, entry not touched yet
+	hookBusy                     // entry marked busy, fields not written
+)
+
+// Options are the settings for Open.
+type Options = shm.Options
+
+// Open opens the ring at path, creating it with opts.Geometry if it does not
+// exist (see shm.OpenOrCreate). Close releases it.
+func Open(path string, opts Options) (*Ring, error) {
+	region, err := shm.OpenOrCreate(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	r := New(region)
+	return r, nil
+}
+
+// New makes a Ring over an open region. Closing the Ring closes the region.
+func New(region *shm.Region) *Ring {
+	g := region.Geometry()
+	r := newRing(region.Control(), region.Index(), region.Data(), region.Readers(), g)
+	r.region = region
+	return r
+}
+
+// newRing builds a Ring over raw memory. data must be 2*g.DataBytes long with
+// its halves aliased (or, for single-threaded tests, kept equal by hand).
+func newRing(ctl, index, data, readers []byte, g shm.Geometry) *Ring {
+	return &Ring{
+		ctl:       (*control)(unsafe.Pointer(&ctl[0])),
+		index:     view[entry](index)[:g.IndexSlots],
+		data:      data,
+		slots:     view[readerSlot](readers)[:g.ReaderSlots],
+		indexMask: uint64(g.IndexSlots) - 1,
+		dataMask:  g.DataBytes - 1,
+		dataSize:  g.DataBytes,
+		maxRecord: g.MaxRecord,
+	}
+}
+
+// Region returns the underlying region, or nil.
+func (r *Ring) Region() *shm.Region { return r.region }
+
+// MaxRecord returns the largest record the ring accepts.
+func (r *Ring) MaxRecord() int { return int(r.maxRecord) }
+
+// Close releases the registry slots of the ring's open readers, marks the
+// ring closed and closes its region. It is idempotent. The caller must first
+// stop every goroutine that appends to or reads from it: afterwards their
+// calls return ErrClosed, but a call already running would touch unmapped
+// memory.
+func (r *Ring) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	r.readersMu.Lock()
+	for rd := range r.readers {
+		if rd.slot != nil {
+			rd.slot.owner.Store(0) // release: see Reader.Close
+		}
+	}
+	r.readers = nil
+	r.readersMu.Unlock()
+	if r.region != nil {
+		return r.region.Close()
+	}
+	return nil
+}
+
+// Append publishes p as one record and returns its sequence number. It
+// returns ErrTooBig if p is larger than MaxRecord and ErrAbandoned if the
+// readers gave up on the entry before this call committed it.
+func (r *Ring) Append(p []byte) (uint64, error) {
+	if uint64(len(p)) > uint64(r.maxRecord) {
+		return 0, r.tooBig(len(p))
+	}
+	n := uint64(len(p))
+	// Claim the bytes before the sequence number, so the entry stays
+	// claimed-but-uncommitted (which stalls readers) only for a few stores,
+	// not for the copy. Pairs with the dataTail load in Reader.fill.
+	pos := r.ctl.dataTail.Add(n) - n
+	copy(r.data[pos&r.dataMask:], p)
+	crc := crc32.Checksum(p, castagnoli)
+	// Claim the sequence number: from here readers know the record exists.
+	seq := r.ctl.seqTail.Add(1) - 1
+	err := r.commit(seq, pos, uint32(n), crc)
+	r.wake()
+	return seq, err
+}
+
+// AppendFunc publishes a record of n bytes that fill writes in place, with no
+// intermediate copy. fill must write all n bytes and must not retain dst.
+func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
+	if n < 0 || uint64(n) > uint64(r.maxRecord) {
+		return 0, r.tooBig(n)
+	}
+	un := uint64(n)
+	pos := r.ctl.dataTail.Add(un) - un // pairs with the dataTail load in Reader.fill
+	off := pos & r.dataMask
+	dst := r.data[off : off+un : off+un]
+	fill(dst)
+	crc := crc32.Checksum(dst, castagnoli)
+	seq := r.ctl.seqTail.Add(1) - 1
+	err := r.commit(seq, pos, uint32(n), crc)
+	r.wake()
+	return seq, err
+}
+
+// AppendBatch publishes recs as consecutive records with one claim of
+// sequence numbers and one of data bytes, and one wake-up. It returns the
+// first record's sequence number. If some entries were abandoned before they
+// committed it still commits the others and returns an error wrapping
+// ErrAbandoned that says how many.
+func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
+	var total uint64
+	for _, p := range recs {
+		if uint64(len(p)) > uint64(r.maxRecord) {
+			return 0, r.tooBig(len(p))
+		}
+		total += uint64(len(p))
+	}
+	if len(recs) == 0 {
+		return r.ctl.seqTail.Load(), nil
+	}
+	if total > r.dataSize/2 {
+		// One claim must not cover more than the ring holds; split.
+		half := len(recs) / 2
+		first, err1 := r.AppendBatch(recs[:half])
+		_, err2 := r.AppendBatch(recs[half:])
+		return first, errors.Join(err1, err2)
+	}
+	pos := r.ctl.dataTail.Add(total) - total // pairs with the dataTail load in Reader.fill
+	var stack [64]uint32
+	crcs := stack[:0] // grows onto the heap only for batches over 64
+	p0 := pos
+	for _, p := range recs {
+		copy(r.data[p0&r.dataMask:], p)
+		crcs = append(crcs, crc32.Checksum(p, castagnoli))
+		p0 += uint64(len(p))
+	}
+	k := uint64(len(recs))
+	first := r.ctl.seqTail.Add(k) - k
+	failed := 0
+	for i, p := range recs {
+		if r.commit(first+uint64(i), pos, uint32(len(p)), crcs[i]) != nil {
+			failed++
+		}
+		pos += uint64(len(p))
+	}
+	r.wake()
+	if failed > 0 {
+		return first, fmt.Errorf("%d of %d records: %w", failed, len(recs), ErrAbandoned)
+	}
+	return first, nil
+}
+
+func (r *Ring) tooBig(n int) error {
+	r.ctl.tooBig.Add(1) // counter only; orders nothing
+	return fmt.Errorf("%d bytes, the ring takes at most %d: %w", n, r.maxRecord, ErrTooBig)
+}
+
+// commit fills the index entry for seq and publishes it.
+func (r *Ring) commit(seq, pos uint64, n uint32, crc uint32) error {
+	if r.hook != nil {
+		r.hook(hookClaimed, seq)
+	}
+	e := &r.index[seq&r.indexMask]
+	busy := stamp(seq, stateBusy)
+	for tries := 0; ; tries++ {
+		old := e.stamp.Load()
+		// An entry for this or a later sequence means readers abandoned ours,
+		// or the ring came round and reused it: never overwrite it.
+		// (A zero stamp is a never-written entry, free even for seq 0.)
+		if s := stampSeq(old); s > seq || (s == seq && old != 0) || tries == 64 {
+			r.ctl.lateCommits.Add(1) // counter only
+			return ErrAbandoned
+		}
+		// Anything older is ours to take, even an entry still busy with the
+		// previous lap's record: its producer is that far behind, and its own
+		// commit CAS will fail.
+		// Full barrier: readers that see busy(seq) know the fields below are
+		// being rewritten (the seqlock's "begin").
+		if e.stamp.CompareAndSwap(old, busy) {
+			break
+		}
+	}
+	if r.hook != nil {
+		r.hook(hookBusy, seq)
+	}
+	e.dataPos = pos
+	e.length = n
+	e.crc = crc ^ seqMix(seq)
+	// Release: pairs with the acquire load of stamp in Reader.fill; the record
+	// bytes and the fields above are visible to a reader that sees committed.
+	// Fails only if a reader abandoned the entry meanwhile (busy -> abandoned).
+	if !e.stamp.CompareAndSwap(busy, stamp(seq, stateCommitted)) {
+		r.ctl.lateCommits.Add(1) // counter only
+		return ErrAbandoned
+	}
+	return nil
+}
+
+// wake wakes sleeping readers, if there are any.
+func (r *Ring) wake() {
+	// This load comes after the commit CAS (a full barrier). A reader
+	// increments waiters before it re-checks the ring and sleeps, so either we
+	// see its increment here, or it sees our commit in its re-check.
+	if r.ctl.waiters.Load() == 0 {
+		return
+	}
+	r.ctl.wakeGen.Add(1) // changes the futex word so a reader about to sleep does not
+	shm.Wake(&r.ctl.wakeGen)
+}
+
+// Counters are the ring-wide counters kept in the region.
+type Counters struct {
+	// Next is the next sequence number to be claimed: the number of records
+	// ever claimed.
+	Next uint64
+	// DataTail is the number of data bytes ever claimed.
+	DataTail uint64
+	// Abandoned counts entries readers gave up on after WaitMax.
+	Abandoned uint64
+	// TooBig counts appends rejected with ErrTooBig.
+	TooBig uint64
+	// LateCommits counts appends that failed with ErrAbandoned.
+	LateCommits uint64
+	// Waiters is the number of readers asleep on the ring right now.
+	Waiters uint32
+}
+
+// Counters reads the ring-wide counters.
+func (r *Ring) Counters() Counters {
+	return Counters{
+		Next:        r.ctl.seqTail.Load(),
+		DataTail:    r.ctl.dataTail.Load(),
+		Abandoned:   r.ctl.abandoned.Load(),
+		TooBig:      r.ctl.tooBig.Load(),
+		LateCommits: r.ctl.lateCommits.Load(),
+		Waiters:     r.ctl.waiters.Load(),
+	}
+}
+
+// Oldest returns the sequence number of the oldest record still in the ring
+// (committed or abandoned, with its bytes not yet overwritten), or Next if
+// there is none.
+func (r *Ring) Oldest() uint64 {
+	tail := r.ctl.seqTail.Load()
+	n := uint64(len(r.index))
+	c := uint64(0)
+	if tail > n {
+		c = tail - n
+	}
+	for ; c < tail; c++ {
+		st := r.index[c&r.indexMask].stamp.Load() // acquire: pairs with the commit CAS
+		if stampSeq(st) != c {
+			continue
+		}
+		switch stampState(st) {
+		case stateAbandoned:
+			return c
+		case stateCommitted:
+			pos := r.index[c&r.indexMask].dataPos
+			if r.ctl.dataTail.Load()-pos <= r.dataSize {
+				return c
+			}
+		}
+	}
+	return tail
+}
