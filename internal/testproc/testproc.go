@@ -59,10 +59,24 @@ func Serve(roles map[string]Role) {
 	os.Exit(0)
 }
 
+// WaitStdinClosed blocks the child until the parent closes its Stdin (or
+// dies). Lines written to Stdin before that are returned.
+func WaitStdinClosed() []string {
+	var lines []string
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines
+}
+
 // Proc is a running child.
 type Proc struct {
 	Role string
 	Cmd  *exec.Cmd
+	// Stdin is the child's standard input. Closing it is a simple barrier:
+	// children blocked in WaitStdinClosed all go on at once.
+	Stdin io.WriteCloser
 
 	stderr *syncBuffer
 	done   chan struct{}
@@ -84,13 +98,18 @@ func Start(t testing.TB, role string, args ...string) *Proc {
 	if err != nil {
 		t.Fatalf("testproc: stdout pipe: %v", err)
 	}
-	p := &Proc{Role: role, Cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{}), changed: make(chan struct{})}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatalf("testproc: stdin pipe: %v", err)
+	}
+	p := &Proc{Stdin: stdin, Role: role, Cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{}), changed: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("testproc: start %s: %v", role, err)
 	}
 	go p.scan(stdout)
 	t.Cleanup(func() {
+		_ = stdin.Close()
 		select {
 		case <-p.done:
 		default:
