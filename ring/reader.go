@@ -241,14 +241,16 @@ func (rd *Reader) fill() error {
 		return ErrClosed
 	}
 	r := rd.ring
-	rd.recs = rd.recs[:0]
-	rd.arena = rd.arena[:0]
 	rd.next = 0
 	rd.fills++
 	if rd.slot != nil && rd.fills%64 == 0 {
 		rd.publish()
 	}
 	for {
+		// Start each pass empty: a pass whose records were all dropped by
+		// verifyBatch must not leave the arena full for the next one.
+		rd.recs = rd.recs[:0]
+		rd.arena = rd.arena[:0]
 		// Acquire: pairs with the producers' fetch-add; every sequence below
 		// tail has been claimed. Read once per batch, not per record.
 		tail := r.ctl.seqTail.Load()

@@ -1,0 +1,416 @@
+package ring
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shmring/shmring/shm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// openTestRing creates a ring with geometry g under t.TempDir().
+func openTestRing(t testing.TB, g shm.Geometry) *Ring {
+	t.Helper()
+	r, err := Open(filepath.Join(t.TempDir(), "ring"), Options{Geometry: g})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func newTestReader(t testing.TB, r *Ring, opts ReaderOptions) *Reader {
+	t.Helper()
+	rd, err := r.NewReader(opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { rd.Close() })
+	return rd
+}
+
+// payload returns a record of n bytes that names its number i.
+func payload(i, n int) []byte {
+	p := make([]byte, n)
+	for j := range p {
+		p[j] = byte(i*7 + j)
+	}
+	if n >= 8 {
+		binary.LittleEndian.PutUint64(p, uint64(i))
+	}
+	return p
+}
+
+// drain reads until ErrEmpty and returns the records (copied).
+func drain(t testing.TB, rd *Reader) []Record {
+	t.Helper()
+	var out []Record
+	for {
+		rec, err := rd.Read()
+		if errors.Is(err, ErrEmpty) {
+			return out
+		}
+		require.NoError(t, err)
+		out = append(out, Record{Seq: rec.Seq, Data: bytes.Clone(rec.Data)})
+	}
+}
+
+func TestAppendReadAcrossTheWrap(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 64, DataBytes: 4096, MaxRecord: 2048})
+	rd := newTestReader(t, r, ReaderOptions{})
+	// Odd sizes so records straddle the end of the data ring many times.
+	sizes := []int{0, 1, 7, 100, 333, 1000, 2048, 513}
+	for i := 0; i < 200; i++ {
+		want := payload(i, sizes[i%len(sizes)])
+		seq, err := r.Append(want)
+		require.NoError(t, err)
+		require.Equal(t, uint64(i), seq)
+		rec, err := rd.Read()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(i), rec.Seq)
+		require.True(t, bytes.Equal(want, rec.Data), "record %d", i)
+	}
+	assert.Greater(t, r.Counters().DataTail, uint64(10*4096), "the data ring wrapped many times")
+	assert.Equal(t, ReaderStats{Received: 200}, rd.Stats())
+}
+
+func TestTooBig(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096, MaxRecord: 100})
+	_, err := r.Append(make([]byte, 101))
+	require.ErrorIs(t, err, ErrTooBig)
+	_, err = r.AppendFunc(101, func([]byte) { t.Fatal("fill called for a record that is too big") })
+	require.ErrorIs(t, err, ErrTooBig)
+	_, err = r.AppendBatch([][]byte{{1}, make([]byte, 101)})
+	require.ErrorIs(t, err, ErrTooBig)
+	c := r.Counters()
+	assert.Equal(t, uint64(3), c.TooBig)
+	assert.Equal(t, uint64(0), c.Next, "nothing was claimed")
+	_, err = r.Append(make([]byte, 100))
+	require.NoError(t, err)
+}
+
+func TestAppendBatchAndFunc(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 256, DataBytes: 1 << 16})
+	rd := newTestReader(t, r, ReaderOptions{})
+	var batch [][]byte
+	for i := 0; i < 100; i++ {
+		batch = append(batch, payload(i, 10+i))
+	}
+	first, err := r.AppendBatch(batch)
+	require.NoError(t, err)
+	require.Equal(t, uint64(0), first)
+	seq, err := r.AppendFunc(5, func(dst []byte) { copy(dst, "hello") })
+	require.NoError(t, err)
+	require.Equal(t, uint64(100), seq)
+
+	got := drain(t, rd)
+	require.Len(t, got, 101)
+	for i := 0; i < 100; i++ {
+		assert.Equal(t, uint64(i), got[i].Seq)
+		assert.Equal(t, batch[i], got[i].Data)
+	}
+	assert.Equal(t, "hello", string(got[100].Data))
+}
+
+func TestAppendBatchLargerThanHalfTheRingIsSplit(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 64, DataBytes: 4096, MaxRecord: 1024})
+	rd := newTestReader(t, r, ReaderOptions{})
+	batch := [][]byte{payload(0, 1000), payload(1, 1000), payload(2, 1000)}
+	_, err := r.AppendBatch(batch)
+	require.NoError(t, err)
+	got := drain(t, rd)
+	require.Len(t, got, 3)
+	for i := range got {
+		assert.Equal(t, batch[i], got[i].Data)
+	}
+}
+
+func TestLappedReaderCountsExactLoss(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 1 << 16})
+	rd := newTestReader(t, r, ReaderOptions{})
+	for i := 0; i < 50; i++ {
+		_, err := r.Append(payload(i, 16))
+		require.NoError(t, err)
+	}
+	got := drain(t, rd)
+	require.Len(t, got, 16, "the ring holds 16 records")
+	assert.Equal(t, uint64(34), got[0].Seq, "the reader continues from the oldest record still valid")
+	assert.Equal(t, ReaderStats{Received: 16, Lost: 34}, rd.Stats())
+}
+
+func TestDataOverwriteCountsExactLoss(t *testing.T) {
+	// Plenty of index slots, little data: records are lost to data laps.
+	r := openTestRing(t, shm.Geometry{IndexSlots: 1024, DataBytes: 4096, MaxRecord: 1000})
+	rd := newTestReader(t, r, ReaderOptions{})
+	for i := 0; i < 20; i++ {
+		_, err := r.Append(payload(i, 1000))
+		require.NoError(t, err)
+	}
+	got := drain(t, rd)
+	st := rd.Stats()
+	assert.Equal(t, uint64(20), st.Received+st.Lost)
+	assert.Equal(t, uint64(len(got)), st.Received)
+	require.NotEmpty(t, got)
+	assert.LessOrEqual(t, len(got), 4, "only 4 records of 1000 bytes fit in 4096")
+	for _, rec := range got {
+		assert.Equal(t, payload(int(rec.Seq), 1000), rec.Data)
+	}
+	assert.Equal(t, uint64(19), got[len(got)-1].Seq)
+}
+
+func TestStartPositions(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 1 << 16})
+	for i := 0; i < 40; i++ {
+		_, err := r.Append(payload(i, 8))
+		require.NoError(t, err)
+	}
+	assert.Equal(t, uint64(24), r.Oldest())
+
+	latest := newTestReader(t, r, ReaderOptions{})
+	assert.Equal(t, uint64(40), latest.Cursor())
+	assert.Empty(t, drain(t, latest))
+
+	oldest := newTestReader(t, r, ReaderOptions{Start: Oldest})
+	got := drain(t, oldest)
+	require.Len(t, got, 16)
+	assert.Equal(t, uint64(24), got[0].Seq)
+	assert.Equal(t, ReaderStats{Received: 16}, oldest.Stats(), "records gone before the reader started are not its losses")
+
+	older := newTestReader(t, r, ReaderOptions{Start: AtSeq(10)})
+	got = drain(t, older)
+	require.Len(t, got, 16)
+	assert.Equal(t, uint64(14), older.Stats().Lost, "seq 10..23 are gone")
+
+	_, err := r.NewReader(ReaderOptions{Start: AtSeq(41)})
+	require.ErrorIs(t, err, ErrCursor)
+}
+
+func TestResumeFromCursor(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 64, DataBytes: 1 << 16})
+	rd, err := r.NewReader(ReaderOptions{Start: AtSeq(0)})
+	require.NoError(t, err)
+	for i := 0; i < 30; i++ {
+		_, err := r.Append(payload(i, 32))
+		require.NoError(t, err)
+	}
+	// Read 10 of the 30 (the reader has buffered more internally), then
+	// "restart" from the saved cursor.
+	for i := 0; i < 10; i++ {
+		rec, err := rd.Read()
+		require.NoError(t, err)
+		require.Equal(t, uint64(i), rec.Seq)
+	}
+	saved := rd.Cursor()
+	require.Equal(t, uint64(10), saved)
+	require.NoError(t, rd.Close())
+
+	resumed := newTestReader(t, r, ReaderOptions{Start: AtSeq(saved)})
+	got := drain(t, resumed)
+	require.Len(t, got, 20)
+	assert.Equal(t, uint64(10), got[0].Seq, "no record repeated or skipped")
+	assert.Equal(t, ReaderStats{Received: 20}, resumed.Stats())
+}
+
+func TestPendingEntryIsAbandonedAfterWaitMax(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096})
+	release := make(chan struct{})
+	var once sync.Once
+	SetHook(r, func(p HookPoint, seq uint64) {
+		if p == HookBusy && seq == 1 {
+			once.Do(func() { <-release })
+		}
+	})
+	rd := newTestReader(t, r, ReaderOptions{WaitInterval: time.Millisecond, WaitMax: 30 * time.Millisecond})
+	_, err := r.Append(payload(0, 8))
+	require.NoError(t, err)
+	lateErr := make(chan error, 1)
+	go func() {
+		_, err := r.Append(payload(1, 8))
+		lateErr <- err
+	}()
+
+	rec, err := rd.Read()
+	require.NoError(t, err)
+	require.Equal(t, uint64(0), rec.Seq)
+	// Wait until the goroutine's entry is claimed.
+	require.Eventually(t, func() bool { return r.Counters().Next == 2 }, 5*time.Second, time.Millisecond)
+	_, err = rd.Read()
+	require.ErrorIs(t, err, ErrPending)
+
+	// Wait returns within WaitInterval while the entry is pending, so a
+	// ReadContext loop retries it and gives up after WaitMax.
+	_, err = r.Append(payload(2, 8))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, err = rd.ReadContext(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), rec.Seq, "seq 1 was skipped")
+	assert.Equal(t, uint64(1), rd.Stats().Abandoned)
+	assert.Equal(t, uint64(1), r.Counters().Abandoned)
+
+	close(release)
+	require.ErrorIs(t, <-lateErr, ErrAbandoned, "the late producer learns its record was not published")
+	assert.Equal(t, uint64(1), r.Counters().LateCommits)
+
+	// A second reader that starts before the abandoned entry sees it as
+	// abandoned too: the skip is global.
+	other := newTestReader(t, r, ReaderOptions{Start: AtSeq(0)})
+	got := drain(t, other)
+	require.Len(t, got, 2)
+	assert.Equal(t, []uint64{0, 2}, []uint64{got[0].Seq, got[1].Seq})
+	assert.Equal(t, uint64(1), other.Stats().Abandoned)
+}
+
+func TestCorruptEntriesAreSkippedAndCounted(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096, MaxRecord: 512})
+	for i := 0; i < 4; i++ {
+		_, err := r.Append(payload(i, 64))
+		require.NoError(t, err)
+	}
+	r.index[1].length = 100000                    // beyond MaxRecord
+	r.index[2].crc ^= 1                           // checksum mismatch
+	r.data[r.index[3].dataPos&r.dataMask] ^= 0xff // damaged bytes
+	rd := newTestReader(t, r, ReaderOptions{Start: AtSeq(0)})
+	got := drain(t, rd)
+	require.Len(t, got, 1)
+	assert.Equal(t, uint64(0), got[0].Seq)
+	assert.Equal(t, ReaderStats{Received: 1, Corrupt: 3}, rd.Stats())
+}
+
+func TestWaitWakesOnCommit(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096})
+	rd := newTestReader(t, r, ReaderOptions{})
+	got := make(chan Record, 1)
+	go func() {
+		rec, err := rd.ReadContext(context.Background())
+		if err == nil {
+			got <- Record{Seq: rec.Seq, Data: bytes.Clone(rec.Data)}
+		}
+		close(got)
+	}()
+	// Append only once the reader is asleep, to exercise the futex path.
+	require.Eventually(t, func() bool { return r.Counters().Waiters == 1 }, 5*time.Second, time.Millisecond)
+	_, err := r.Append([]byte("wake up"))
+	require.NoError(t, err)
+	select {
+	case rec := <-got:
+		assert.Equal(t, "wake up", string(rec.Data))
+	case <-time.After(10 * time.Second):
+		t.Fatal("reader was not woken")
+	}
+	assert.Equal(t, uint32(0), r.Counters().Waiters)
+}
+
+func TestWaitEndsOnContextAndTimeout(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096})
+	rd := newTestReader(t, r, ReaderOptions{})
+	err := rd.Wait(context.Background(), 5*time.Millisecond)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rd.Wait(ctx, 0) }()
+	require.Eventually(t, func() bool { return r.Counters().Waiters == 1 }, 5*time.Second, time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return on cancel")
+	}
+	assert.Equal(t, uint32(0), r.Counters().Waiters)
+}
+
+func TestRegistry(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096, ReaderSlots: 2})
+	a, err := r.NewReader(ReaderOptions{})
+	require.NoError(t, err)
+	b, err := r.NewReader(ReaderOptions{})
+	require.NoError(t, err)
+	_, err = r.NewReader(ReaderOptions{})
+	require.ErrorIs(t, err, ErrNoReaderSlot)
+	obs, err := r.NewReader(ReaderOptions{Unregistered: true})
+	require.NoError(t, err, "observers need no slot")
+	assert.Equal(t, -1, obs.Slot())
+
+	_, err = r.Append([]byte("x"))
+	require.NoError(t, err)
+	_, err = a.Read()
+	require.NoError(t, err)
+	require.NoError(t, a.Close())
+	require.NoError(t, a.Close(), "Close is idempotent")
+
+	infos := r.Readers()
+	require.Len(t, infos, 1)
+	assert.Equal(t, b.Slot(), infos[0].Slot)
+	assert.Equal(t, os.Getpid(), infos[0].PID)
+	assert.True(t, infos[0].Alive)
+
+	c, err := r.NewReader(ReaderOptions{})
+	require.NoError(t, err, "a closed reader's slot is free again")
+	require.NoError(t, c.Close())
+	require.NoError(t, b.Close())
+	assert.Empty(t, r.Readers())
+}
+
+func TestClosedRing(t *testing.T) {
+	r, err := Open(filepath.Join(t.TempDir(), "ring"), Options{Geometry: shm.Geometry{IndexSlots: 16, DataBytes: 4096, ReaderSlots: 1}})
+	require.NoError(t, err)
+	rd, err := r.NewReader(ReaderOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.NoError(t, r.Close(), "Close is idempotent")
+	_, err = rd.Read()
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, rd.Wait(context.Background(), time.Millisecond), ErrClosed)
+	require.NoError(t, rd.Close())
+	_, err = r.NewReader(ReaderOptions{})
+	require.ErrorIs(t, err, ErrClosed)
+
+	// Closing released the reader's slot in the file.
+	r2, err := Open(r.Region().Path(), Options{})
+	require.NoError(t, err)
+	defer r2.Close()
+	assert.Empty(t, r2.Readers())
+}
+
+func TestOpenErrorsComeFromShm(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "garbage")
+	require.NoError(t, os.WriteFile(path, bytes.Repeat([]byte("garbage!"), 1024), 0o600))
+	_, err := Open(path, Options{})
+	require.ErrorIs(t, err, shm.ErrNotRing)
+	assert.Contains(t, err.Error(), path)
+}
+
+func ExampleRing() {
+	dir, _ := os.MkdirTemp("", "example")
+	defer os.RemoveAll(dir)
+	r, err := Open(filepath.Join(dir, "events.ring"), Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+
+	rd, _ := r.NewReader(ReaderOptions{}) // starts at the latest record
+	defer rd.Close()
+
+	r.Append([]byte("hello"))
+	r.Append([]byte("world"))
+	for {
+		rec, err := rd.Read()
+		if err != nil {
+			break // ErrEmpty: caught up
+		}
+		fmt.Println(rec.Seq, string(rec.Data))
+	}
+	// Output:
+	// 0 hello
+	// 1 world
+}
