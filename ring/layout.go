@@ -59,13 +59,13 @@ import (
 // without wrapping. Records are packed with no header and no padding.
 
 type control struct {
-	seqTail  atomic.Uint64
-	_        [120]byte
-	dataTail atomic.Uint64
-	_        [120]byte
-	wakeGen  atomic.Uint32
-	waiters  atomic.Uint32
-	_        [120]byte
+	seqTail     atomic.Uint64
+	_           [120]byte
+	dataTail    atomic.Uint64
+	_           [120]byte
+	wakeGen     atomic.Uint32
+	waiters     atomic.Uint32
+	_           [120]byte
 	abandoned   atomic.Uint64
 	tooBig      atomic.Uint64
 	lateCommits atomic.Uint64
@@ -108,8 +108,8 @@ const (
 )
 
 func stamp(seq uint64, state uint64) uint64 { return seq<<2 | state }
-func stampSeq(st uint64) uint64               { return st >> 2 }
-func stampState(st uint64) uint64             { return st & stateMask }
+func stampSeq(st uint64) uint64             { return st >> 2 }
+func stampState(st uint64) uint64           { return st & stateMask }
 
 // seqMix folds a record's sequence number into its checksum, so that bytes
 // that belong to another record never verify under this one.
