@@ -16,8 +16,8 @@ import (
 //	ctl off  hdr off  size  field        written by                   read by
 //	0        128      8     seqTail      producers: fetch-add (claim)  readers: once per batch
 //	128      256      8     dataTail     producers: fetch-add (claim)  readers: once per batch (overwrite check)
-//	256      384      4     wakeGen      producers: add after commit   readers: futex word
-//	260      388      4     waiters      readers: +1/-1 around a wait  producers: skip the wake at 0
+//	256      384      4     wakeGen      producers: add to wake        readers: futex word
+//	260      388      4     sleeping     readers: 1 before a wait      producers: swap to 0, then wake
 //	384      512      8     abandoned    the reader that abandons      operators
 //	392      520      8     tooBig       producers (rejects)           operators
 //	400      528      8     lateCommits  producers whose entry was
@@ -49,7 +49,7 @@ import (
 //	32   8     abandoned  incomplete entries it skipped after WaitMax
 //	40   8     corrupt    entries that failed their bounds or checksum checks
 //	48   8     heartbeat  unix nanoseconds of the last update
-//	56   4     waiting    1 while the reader sleeps on wakeGen (counted in waiters)
+//	56   4     waiting    1 while the reader sleeps on wakeGen (for operators)
 //	60   4     reserved
 //
 // Only the owner writes the slot's counters; anyone may read them.
@@ -64,7 +64,7 @@ type control struct {
 	dataTail    atomic.Uint64
 	_           [120]byte
 	wakeGen     atomic.Uint32
-	waiters     atomic.Uint32
+	sleeping    atomic.Uint32
 	_           [120]byte
 	abandoned   atomic.Uint64
 	tooBig      atomic.Uint64

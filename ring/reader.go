@@ -456,7 +456,7 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 			}
 			sleep = minPositive(sleep, min(rd.opts.WaitInterval, left))
 		}
-		timedOut := rd.sleep(sleep)
+		timedOut := rd.sleep(state, sleep)
 		if state == peekPending {
 			return nil // retry the entry every WaitInterval
 		}
@@ -466,26 +466,30 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// sleep announces the reader as a waiter, re-checks the ring and sleeps on
-// wakeGen for at most d (d <= 0: no limit). It reports whether it timed out.
-func (rd *Reader) sleep(d time.Duration) bool {
+// sleep re-checks the ring and sleeps on wakeGen for at most d (d <= 0: no
+// limit) unless the reader's state is no longer want. It reports whether it
+// timed out. The protocol is described at Ring.wake.
+func (rd *Reader) sleep(want peekState, d time.Duration) bool {
 	ctl := rd.ring.ctl
-	// Full barrier: a producer that commits after this point sees waiters > 0
-	// and wakes us; one that committed before it is seen by the peek below.
-	ctl.waiters.Add(1)
-	if rd.slot != nil {
-		rd.slot.waiting.Store(1) // lets a reclaimer undo our waiters count if we die
+	for range 8 {
+		ctl.sleeping.Store(1) // full barrier: producers committing after this see it
+		gen := ctl.wakeGen.Load()
+		if rd.peek() != want {
+			return false
+		}
+		if ctl.sleeping.Load() == 0 {
+			continue // a producer took the flag after our store: set it again
+		}
+		if rd.slot != nil {
+			rd.slot.waiting.Store(1) // for operators only
+		}
+		err := shm.Wait(&ctl.wakeGen, gen, d)
+		if rd.slot != nil {
+			rd.slot.waiting.Store(0)
+		}
+		return err != nil
 	}
-	gen := ctl.wakeGen.Load() // must be read before the re-check
-	var err error
-	if before := rd.peek(); before == peekEmpty || before == peekPending {
-		err = shm.Wait(&ctl.wakeGen, gen, d)
-	}
-	if rd.slot != nil {
-		rd.slot.waiting.Store(0)
-	}
-	ctl.waiters.Add(^uint32(0))
-	return err != nil
+	return false // the ring is busy: no need to sleep
 }
 
 type peekState int

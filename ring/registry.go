@@ -49,24 +49,15 @@ func (r *Ring) claimSlot() (int, error) {
 	return -1, ErrNoReaderSlot
 }
 
-// reclaim frees slot i if its owner (as read: owner) is dead, and undoes the
-// owner's count in waiters if it died asleep. It reports whether it freed it.
+// reclaim frees slot i if its owner (as read: owner) is dead. It reports
+// whether it freed it. (A reader that died asleep left at most the ring's
+// sleeping flag set, which costs the next producer one spare wake-up.)
 func (r *Ring) reclaim(i int, owner uint64) bool {
 	if proc.Alive(ownerPID(owner), ownerStart(owner)) {
 		return false
 	}
-	s := &r.slots[i]
-	waiting := s.waiting.Load() // the dead owner no longer changes it
-	// Full barrier: only one reclaimer wins, and only it adjusts waiters.
-	if !s.owner.CompareAndSwap(owner, 0) {
-		return false
-	}
-	if waiting != 0 {
-		if w := r.ctl.waiters.Load(); w > 0 {
-			r.ctl.waiters.Add(^uint32(0))
-		}
-	}
-	return true
+	// Full barrier: only one reclaimer wins.
+	return r.slots[i].owner.CompareAndSwap(owner, 0)
 }
 
 // Reclaim frees the registry slots of readers whose processes have died and

@@ -275,14 +275,24 @@ func (r *Ring) commit(seq, pos uint64, n uint32, crc uint32) error {
 }
 
 // wake wakes sleeping readers, if there are any.
+//
+// A reader about to sleep stores sleeping = 1, reads wakeGen, re-checks the
+// ring, checks that sleeping is still 1, and only then sleeps on the wakeGen
+// value it read. A producer reads sleeping after its commit CAS (a full
+// barrier): either it sees 1, or the reader's re-check sees the commit. The
+// producer that swaps 1 to 0 bumps wakeGen and wakes everyone; the producers
+// after it see 0 and skip the system call, so a burst of appends costs one
+// wake-up, not one per record. A reader that finds sleeping already cleared
+// sets it again before it sleeps, so no sleeper is left without a waker.
 func (r *Ring) wake() {
-	// This load comes after the commit CAS (a full barrier). A reader
-	// increments waiters before it re-checks the ring and sleeps, so either we
-	// see its increment here, or it sees our commit in its re-check.
-	if r.ctl.waiters.Load() == 0 {
+	if r.ctl.sleeping.Load() == 0 {
 		return
 	}
-	r.ctl.wakeGen.Add(1) // changes the futex word so a reader about to sleep does not
+	// Full barrier; only one producer gets the 1.
+	if r.ctl.sleeping.Swap(0) == 0 {
+		return
+	}
+	r.ctl.wakeGen.Add(1) // stale for every sleeper and would-be sleeper
 	shm.Wake(&r.ctl.wakeGen)
 }
 
@@ -299,7 +309,7 @@ type Counters struct {
 	TooBig uint64
 	// LateCommits counts appends that failed with ErrAbandoned.
 	LateCommits uint64
-	// Waiters is the number of readers asleep on the ring right now.
+	// Waiters is the number of registered readers asleep on the ring now.
 	Waiters uint32
 }
 
@@ -311,8 +321,19 @@ func (r *Ring) Counters() Counters {
 		Abandoned:   r.ctl.abandoned.Load(),
 		TooBig:      r.ctl.tooBig.Load(),
 		LateCommits: r.ctl.lateCommits.Load(),
-		Waiters:     r.ctl.waiters.Load(),
+		Waiters:     r.sleepingReaders(),
 	}
+}
+
+func (r *Ring) sleepingReaders() uint32 {
+	n := uint32(0)
+	for i := range r.slots {
+		// Both loads are snapshots for operators; they order nothing.
+		if r.slots[i].owner.Load() != 0 && r.slots[i].waiting.Load() != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // Oldest returns the sequence number of the oldest record still in the ring

@@ -1,0 +1,324 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/shmring/shmring/internal/testproc"
+	"github.com/shmring/shmring/ring"
+	"github.com/shmring/shmring/shm"
+)
+
+// Cross-process throughput of the ring: producer processes append b.N
+// records in all, one reader process reads and verifies every one. The
+// clock runs from the release of the producers until the reader has seen
+// the last record, so process start-up is not measured.
+//
+// Each record carries (producer id << 48 | counter) in its first and last 8
+// bytes; the reader checks that every producer's counters arrive complete
+// and in order, and that both copies agree (the ring itself also checks a
+// CRC32C of every record).
+
+func TestHelperProcess(t *testing.T) {
+	testproc.Serve(map[string]testproc.Role{
+		"producer":    runProducer,
+		"reader":      runReader,
+		"spsc-writer": runSPSCWriter,
+		"spsc-reader": runSPSCReader,
+	})
+}
+
+func ringGeometry(size int) shm.Geometry {
+	return shm.Geometry{IndexSlots: 1 << 17, DataBytes: uint64(max(1<<24, 1<<17*size))}
+}
+
+func BenchmarkCrossProcess(b *testing.B) {
+	cases := []struct {
+		producers, size, batch int
+	}{
+		{1, 64, 1},
+		{1, 64, 64},
+		{4, 64, 1},
+		{4, 64, 64},
+		{1, 1 << 10, 1},
+		{1, 16 << 10, 1},
+	}
+	for _, c := range cases {
+		name := fmt.Sprintf("%dp1r/%dB/batch%d", c.producers, c.size, c.batch)
+		b.Run(name, func(b *testing.B) { benchCrossProcess(b, c.producers, c.size, c.batch) })
+	}
+}
+
+func benchCrossProcess(b *testing.B, producers, size, batch int) {
+	path := filepath.Join(b.TempDir(), "ring")
+	r, err := ring.Open(path, ring.Options{Geometry: ringGeometry(size)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	total := b.N
+	per := (total + producers - 1) / producers
+	total = per * producers
+
+	reader := testproc.Start(b, "reader", path, strconv.Itoa(total), strconv.Itoa(producers), strconv.Itoa(size))
+	if _, err := reader.Expect("ready", time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	var procs []*testproc.Proc
+	for i := range producers {
+		p := testproc.Start(b, "producer", path, strconv.Itoa(i), strconv.Itoa(per), strconv.Itoa(size), strconv.Itoa(batch))
+		if _, err := p.Expect("ready", time.Minute); err != nil {
+			b.Fatal(err)
+		}
+		procs = append(procs, p)
+	}
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	start := time.Now()
+	for _, p := range procs {
+		p.Stdin.Close() // release all producers at once
+	}
+	line, err := reader.Expect("done", 10*time.Minute)
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, p := range procs {
+		if err := p.Wait(time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var received, lost, bad uint64
+	if _, err := fmt.Sscanf(line, "done received=%d lost=%d bad=%d", &received, &lost, &bad); err != nil {
+		b.Fatalf("reader said %q: %v", line, err)
+	}
+	if bad != 0 {
+		b.Fatalf("reader found %d records out of order or damaged", bad)
+	}
+	b.ReportMetric(float64(received)/elapsed.Seconds(), "records/s")
+	b.ReportMetric(float64(lost), "lost")
+}
+
+func openRing(path string) (*ring.Ring, error) {
+	return ring.Open(path, ring.Options{})
+}
+
+// runProducer: path id count size batch.
+func runProducer(args []string) error {
+	r, err := openRing(args[0])
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	id, _ := strconv.Atoi(args[1])
+	count, _ := strconv.Atoi(args[2])
+	size, _ := strconv.Atoi(args[3])
+	batch, _ := strconv.Atoi(args[4])
+	recs := make([][]byte, batch)
+	for i := range recs {
+		recs[i] = make([]byte, size)
+	}
+	fmt.Println("ready")
+	testproc.WaitStdinClosed()
+	for n := 0; n < count; {
+		k := min(batch, count-n)
+		for i := range k {
+			stampRecord(recs[i], id, uint64(n+i))
+		}
+		if k == 1 {
+			_, err = r.Append(recs[0])
+		} else {
+			_, err = r.AppendBatch(recs[:k])
+		}
+		if err != nil {
+			return err
+		}
+		n += k
+	}
+	return nil
+}
+
+var backoff = 3000
+
+//go:noinline
+func spinPause(n int) int {
+	x := 0
+	for i := 0; i < n; i++ {
+		x += i
+	}
+	return x
+}
+
+func stampRecord(p []byte, id int, counter uint64) {
+	tag := uint64(id)<<48 | counter
+	binary.LittleEndian.PutUint64(p, tag)
+	binary.LittleEndian.PutUint64(p[len(p)-8:], tag)
+}
+
+// runReader: path total producers size. Reads from sequence 0 until it has
+// moved past total records, spinning (it has a core of its own).
+func runReader(args []string) error {
+	r, err := openRing(args[0])
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	total, _ := strconv.ParseUint(args[1], 10, 64)
+	producers, _ := strconv.Atoi(args[2])
+	size, _ := strconv.Atoi(args[3])
+	rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(0), Batch: 1024})
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	next := make([]uint64, producers)
+	var bad uint64
+	fmt.Println("ready")
+	idle := 0
+	for rd.Cursor() < total {
+		rec, err := rd.Read()
+		if errors.Is(err, ring.ErrEmpty) || errors.Is(err, ring.ErrPending) {
+			// Let a batch build up rather than re-reading the producers'
+			// lines at once: each re-read costs them a cache miss.
+			spinPause(backoff)
+			if idle++; idle > 1<<30 {
+				idle = 0
+				if err := rd.Wait(context.Background(), time.Millisecond); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					return err
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		idle = 0
+		if len(rec.Data) != size {
+			bad++
+			continue
+		}
+		tag := binary.LittleEndian.Uint64(rec.Data)
+		id, counter := int(tag>>48), tag&(1<<48-1)
+		if id >= producers || binary.LittleEndian.Uint64(rec.Data[size-8:]) != tag || counter < next[id] {
+			bad++
+			continue
+		}
+		next[id] = counter + 1
+	}
+	st := rd.Stats()
+	fmt.Printf("done received=%d lost=%d bad=%d\n", st.Received, st.Lost+st.Abandoned+st.Corrupt, bad)
+	return nil
+}
+
+// BenchmarkFloorSPSC is the throughput floor: a bare single-producer,
+// single-consumer ring of 64-byte messages between two processes, with the
+// head and tail published once per 64 messages and no checks beyond the
+// reader's counter. It is what the hardware allows for this message size.
+func BenchmarkFloorSPSC(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "spsc")
+	region, err := shm.Create(path, shm.Options{Geometry: shm.Geometry{IndexSlots: 16, DataBytes: 1 << 22}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer region.Close()
+	n := strconv.Itoa(b.N)
+	reader := testproc.Start(b, "spsc-reader", path, n)
+	writer := testproc.Start(b, "spsc-writer", path, n)
+	for _, p := range []*testproc.Proc{reader, writer} {
+		if _, err := p.Expect("ready", time.Minute); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(64)
+	b.ResetTimer()
+	start := time.Now()
+	writer.Stdin.Close()
+	line, err := reader.Expect("done", 10*time.Minute)
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if line != "done bad=0" {
+		b.Fatalf("spsc reader: %s", line)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
+}
+
+const spscPublishEvery = 64
+
+// spsc returns the ring's head and tail words (on their own 128-byte blocks
+// of the control area) and its 64-byte slots.
+func spsc(region *shm.Region) (head, tail *atomic.Uint64, slots []byte, mask uint64) {
+	ctl := region.Control()
+	head = (*atomic.Uint64)(unsafe.Pointer(&ctl[0]))
+	tail = (*atomic.Uint64)(unsafe.Pointer(&ctl[128]))
+	data := region.Data()[:region.Geometry().DataBytes]
+	return head, tail, data, uint64(len(data)/64) - 1
+}
+
+func runSPSCWriter(args []string) error {
+	region, err := shm.Open(args[0], shm.Options{})
+	if err != nil {
+		return err
+	}
+	defer region.Close()
+	count, _ := strconv.ParseUint(args[1], 10, 64)
+	head, tail, slots, mask := spsc(region)
+	var msg [64]byte
+	fmt.Println("ready")
+	testproc.WaitStdinClosed()
+	limit := tail.Load() + mask + 1 // acquire: pairs with the reader's tail store
+	for i := uint64(0); i < count; i++ {
+		for i >= limit {
+			runtime.Gosched()
+			limit = tail.Load() + mask + 1
+		}
+		binary.LittleEndian.PutUint64(msg[:], i)
+		copy(slots[(i&mask)*64:], msg[:])
+		if (i+1)%spscPublishEvery == 0 {
+			head.Store(i + 1) // release: the messages before i+1 are written
+		}
+	}
+	head.Store(count)
+	return nil
+}
+
+func runSPSCReader(args []string) error {
+	region, err := shm.Open(args[0], shm.Options{})
+	if err != nil {
+		return err
+	}
+	defer region.Close()
+	count, _ := strconv.ParseUint(args[1], 10, 64)
+	head, tail, slots, mask := spsc(region)
+	fmt.Println("ready")
+	bad := 0
+	for i := uint64(0); i < count; {
+		h := head.Load() // acquire: pairs with the writer's head store
+		if h == i {
+			continue
+		}
+		for ; i < h; i++ {
+			if binary.LittleEndian.Uint64(slots[(i&mask)*64:]) != i {
+				bad++
+			}
+			if (i+1)%spscPublishEvery == 0 {
+				tail.Store(i + 1) // release: slots before i+1 may be reused
+			}
+		}
+	}
+	fmt.Printf("done bad=%d\n", bad)
+	return nil
+}
