@@ -151,6 +151,8 @@ func runProducer(args []string) error {
 
 var backoff = 3000
 
+const minLag = 256
+
 //go:noinline
 func spinPause(n int) int {
 	x := 0
@@ -187,6 +189,13 @@ func runReader(args []string) error {
 	fmt.Println("ready")
 	idle := 0
 	for rd.Cursor() < total {
+		if rd.Buffered() == 0 {
+			// Stay a batch behind the producers: the lines they are
+			// writing are theirs, and each read of one costs them a miss.
+			for lag := rd.Lag(); lag < minLag && rd.Cursor()+lag < total; lag = rd.Lag() {
+				spinPause(int(minLag-lag) * 100)
+			}
+		}
 		rec, err := rd.Read()
 		if errors.Is(err, ring.ErrEmpty) || errors.Is(err, ring.ErrPending) {
 			// Let a batch build up rather than re-reading the producers'

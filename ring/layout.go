@@ -32,7 +32,7 @@ import (
 //	8    8     dataPos  monotonic data-ring position of the record's first byte
 //	16   4     length   record length in bytes
 //	20   4     crc      CRC32C(record) ^ seqMix(seq)
-//	24   8     reserved
+//	24   8     touch    scratch: producers store to it to own the line early
 //
 // dataPos, length and crc are seqlock-protected like the record bytes: the
 // producer writes them with plain stores between its busy CAS and its commit
@@ -77,7 +77,7 @@ type entry struct {
 	dataPos uint64
 	length  uint32
 	crc     uint32
-	_       uint64
+	touch   uint64 // written, never read: see Ring.touch
 }
 
 type readerSlot struct {

@@ -173,6 +173,21 @@ func (rd *Reader) Cursor() uint64 {
 	return rd.cursor
 }
 
+// Buffered returns how many records Read can return without touching the
+// shared region again.
+func (rd *Reader) Buffered() int { return len(rd.recs) - rd.next }
+
+// Lag returns how many sequence numbers have been claimed past the reader's
+// cursor: records it has still to see (or lose). It reads the producers'
+// hottest word, so call it once per batch, not per record.
+func (rd *Reader) Lag() uint64 {
+	tail := rd.ring.ctl.seqTail.Load() // snapshot; orders nothing
+	if c := rd.Cursor(); tail > c {
+		return tail - c
+	}
+	return 0
+}
+
 // Stats returns the reader's counters.
 func (rd *Reader) Stats() ReaderStats { return rd.stats }
 
