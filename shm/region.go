@@ -130,11 +130,20 @@ func openFile(path string, opts Options, mode int) (*os.File, error) {
 	// Refuse a non-regular file before opening it: opening a device or FIFO
 	// can have side effects.
 	fi, err := os.Lstat(path)
-	if err == nil && fi.Mode()&fs.ModeSymlink != 0 && !opts.FollowSymlinks {
-		return nil, ErrSymlink
+	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		if !opts.FollowSymlinks {
+			return nil, ErrSymlink
+		}
+		fi, err = os.Stat(path)
 	}
 	if err != nil {
 		return nil, explainMissing(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		if fi.IsDir() {
+			return nil, fmt.Errorf("is a directory: %w", ErrNotRegular)
+		}
+		return nil, fmt.Errorf("file type %v: %w", fi.Mode().Type(), ErrNotRegular)
 	}
 	fd, err := unix.Open(path, flags, 0)
 	if err != nil {
