@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"sync/atomic"
@@ -21,7 +22,8 @@ const (
 // Wait blocks while *word == val, until another process calls Wake on the
 // same word, or timeout passes (timeout <= 0: no timeout). It returns nil when
 // woken, when *word != val on entry, or on a signal (callers re-check their
-// condition either way), and os.ErrDeadlineExceeded on timeout.
+// condition either way), os.ErrDeadlineExceeded on timeout, and the system
+// call's error for anything else (a word outside the mapping, for example).
 //
 // word must point into a Region's mapping.
 func Wait(word *atomic.Uint32, val uint32, timeout time.Duration) error {
@@ -33,10 +35,13 @@ func Wait(word *atomic.Uint32, val uint32, timeout time.Duration) error {
 	}
 	_, _, errno := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(word)), futexWait,
 		uintptr(val), uintptr(tsp), 0, 0)
-	if errno == unix.ETIMEDOUT {
+	switch errno {
+	case 0, unix.EAGAIN, unix.EINTR:
+		return nil
+	case unix.ETIMEDOUT:
 		return os.ErrDeadlineExceeded
 	}
-	return nil
+	return fmt.Errorf("futex wait: %w", errno)
 }
 
 // Wake wakes every process and goroutine blocked in Wait on word and returns

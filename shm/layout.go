@@ -216,10 +216,16 @@ func encodeHeader(b []byte, h Header) {
 // (ErrCorrupt). It never panics, whatever b holds; a b shorter than the header
 // gives ErrTruncated.
 func DecodeHeader(b []byte) (Header, error) {
-	if len(b) < len(magic) || [8]byte(b[:8]) != magic {
-		if len(b) == 0 {
-			return Header{}, reasonf(ErrTruncated, "file is empty")
+	if len(b) == 0 {
+		return Header{}, reasonf(ErrTruncated, "file is empty")
+	}
+	if len(b) < len(magic) {
+		if string(b) == string(magic[:len(b)]) {
+			return Header{}, reasonf(ErrTruncated, "file is %d bytes, a header is %d", len(b), HeaderSize)
 		}
+		return Header{}, reasonf(ErrNotRing, "no shmring magic at offset 0")
+	}
+	if [8]byte(b[:8]) != magic {
 		return Header{}, reasonf(ErrNotRing, "no shmring magic at offset 0")
 	}
 	if len(b) < HeaderSize {
@@ -232,6 +238,9 @@ func DecodeHeader(b []byte) (Header, error) {
 	}
 	if want, got := crc32.Checksum(b[:geometryEnd], castagnoli), le.Uint32(b[offGeometryCRC:]); want != got {
 		return Header{}, reasonf(ErrCorrupt, "header checksum %#08x, computed %#08x", got, want)
+	}
+	if flags, res := le.Uint32(b[offFlags:]), le.Uint32(b[offReserved0:]); flags != 0 || res != 0 {
+		return Header{}, reasonf(ErrCorrupt, "reserved header fields are not zero (flags %#x, reserved %#x)", flags, res)
 	}
 	h.Geometry = Geometry{
 		IndexSlots:  le.Uint32(b[offIndexSlots:]),

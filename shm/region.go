@@ -123,7 +123,7 @@ func Remove(path string) error {
 }
 
 func openFile(path string, opts Options, mode int) (*os.File, error) {
-	flags := mode | unix.O_CLOEXEC | unix.O_NONBLOCK
+	flags := mode | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY
 	if !opts.FollowSymlinks {
 		flags |= unix.O_NOFOLLOW
 	}
@@ -180,7 +180,7 @@ func openFile(path string, opts Options, mode int) (*os.File, error) {
 // explainMissing turns ENOENT into an error that says whether the directory
 // itself is missing.
 func explainMissing(path string, err error) error {
-	if !errors.Is(err, fs.ErrNotExist) {
+	if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR) {
 		return err
 	}
 	dir := filepath.Dir(path)
@@ -239,10 +239,7 @@ func create(path string, opts Options) (*Region, error) {
 	if perm == 0 {
 		perm = 0o600
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
+	dir, base := filepath.Dir(path), filepath.Base(path)
 	if fi, err := os.Stat(dir); err != nil {
 		return nil, explainMissing(path, err)
 	} else if !fi.IsDir() {
@@ -290,12 +287,8 @@ func create(path string, opts Options) (*Region, error) {
 		}
 		return nil, err
 	}
-	r, err := mapRegion(path, f, h, secs)
-	if err != nil {
-		return nil, err
-	}
-	ok = true
-	return r, nil
+	ok = true // from here mapRegion owns f
+	return mapRegion(path, f, h, secs)
 }
 
 func randomSuffix() string {
