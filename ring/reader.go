@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/shmring/shmring/shm"
@@ -250,11 +251,14 @@ func (rd *Reader) ReadContext(ctx context.Context) (Record, error) {
 }
 
 // fill refills the batch. It returns nil with at least one record buffered,
-// or ErrEmpty, ErrPending or ErrClosed.
-func (rd *Reader) fill() error {
+// or ErrEmpty, ErrPending, ErrClosed or ErrFault.
+func (rd *Reader) fill() (err error) {
 	if rd.closed || rd.ring.closed.Load() {
 		return ErrClosed
 	}
+	// A file truncated under the mapping raises SIGBUS on access; turn
+	// that into an error for this reader instead of a crash of the process.
+	defer recoverFault(debug.SetPanicOnFault(true), &err)
 	r := rd.ring
 	rd.next = 0
 	rd.fills++
@@ -289,6 +293,21 @@ func (rd *Reader) fill() error {
 		}
 		// Everything examined was skipped (lost, abandoned, corrupt): go on.
 	}
+}
+
+// recoverFault restores the goroutine's panic-on-fault setting and turns a
+// memory fault into ErrFault. Other panics go on.
+func recoverFault(old bool, err *error) {
+	debug.SetPanicOnFault(old)
+	p := recover()
+	if p == nil {
+		return
+	}
+	if f, ok := p.(interface{ Addr() uintptr }); ok {
+		*err = fmt.Errorf("fault at %#x: %w", f.Addr(), ErrFault)
+		return
+	}
+	panic(p)
 }
 
 // copyBatch copies committed records from the cursor up to tail into the

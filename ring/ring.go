@@ -39,6 +39,9 @@ var (
 	ErrNoReaderSlot = errors.New("ring: reader registry full")
 	// ErrCursor: a start sequence lies beyond the ring's next sequence.
 	ErrCursor = errors.New("ring: start sequence is in the future")
+	// ErrFault: touching the mapped region faulted, typically because the
+	// file was truncated underneath the mapping. The ring is unusable.
+	ErrFault = errors.New("ring: memory fault in the mapped region (file truncated?)")
 	// ErrClosed: the ring or reader is closed. It is shm.ErrClosed (os.ErrClosed).
 	ErrClosed = shm.ErrClosed
 )

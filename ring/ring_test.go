@@ -414,3 +414,13 @@ func ExampleRing() {
 	// 0 hello
 	// 1 world
 }
+
+func TestTruncatedFileIsAnErrorNotACrash(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096})
+	rd := newTestReader(t, r, ReaderOptions{Start: AtSeq(0)})
+	_, err := r.Append([]byte("before"))
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(r.Region().Path(), shm.HeaderSize+shm.PageSize))
+	_, err = rd.Read()
+	require.ErrorIs(t, err, ErrFault)
+}
