@@ -352,7 +352,6 @@ func TestKilledReaderSlotIsReclaimed(t *testing.T) {
 	assert.Equal(t, uint32(0), r.ctl.sleeping.Load())
 }
 
-
 // TestRandomKillsNeverTear: producer processes appending as fast as they can
 // are SIGKILLed at arbitrary points, round after round, while reader
 // processes read. No reader ever delivers a torn record, every reader sees
