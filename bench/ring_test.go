@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -39,7 +40,18 @@ func TestHelperProcess(t *testing.T) {
 }
 
 func ringGeometry(size int) shm.Geometry {
-	return shm.Geometry{IndexSlots: 1 << 17, DataBytes: uint64(max(1<<24, 1<<17*size))}
+	return shm.Geometry{IndexSlots: 1 << 17, DataBytes: uint64(max(1<<24, 1<<10*size))}
+}
+
+// ringDir is where benchmark rings live: /dev/shm (RAM, as in production)
+// when it exists, so that page-cache writeback of a disk does not skew them.
+func ringDir(b *testing.B) string {
+	dir, err := os.MkdirTemp("/dev/shm", "shmring-bench")
+	if err != nil {
+		return b.TempDir()
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func BenchmarkCrossProcess(b *testing.B) {
@@ -60,7 +72,7 @@ func BenchmarkCrossProcess(b *testing.B) {
 }
 
 func benchCrossProcess(b *testing.B, producers, size, batch int) {
-	path := filepath.Join(b.TempDir(), "ring")
+	path := filepath.Join(ringDir(b), "ring")
 	r, err := ring.Open(path, ring.Options{Geometry: ringGeometry(size)})
 	if err != nil {
 		b.Fatal(err)
@@ -190,6 +202,14 @@ func runReader(args []string) error {
 	next := make([]uint64, producers)
 	var bad uint64
 	fmt.Println("ready")
+	if f := os.Getenv("SHMRING_BENCH_READER_PROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(out)
+		defer pprof.StopCPUProfile()
+	}
 	idle := 0
 	for rd.Cursor() < total {
 		if rd.Buffered() == 0 {
@@ -238,7 +258,7 @@ func runReader(args []string) error {
 // head and tail published once per 64 messages and no checks beyond the
 // reader's counter. It is what the hardware allows for this message size.
 func BenchmarkFloorSPSC(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "spsc")
+	path := filepath.Join(ringDir(b), "spsc")
 	region, err := shm.Create(path, shm.Options{Geometry: shm.Geometry{IndexSlots: 16, DataBytes: 1 << 22}})
 	if err != nil {
 		b.Fatal(err)
