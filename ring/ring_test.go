@@ -424,3 +424,35 @@ func TestTruncatedFileIsAnErrorNotACrash(t *testing.T) {
 	_, err = rd.Read()
 	require.ErrorIs(t, err, ErrFault)
 }
+
+func ExampleReader_ReadContext() {
+	dir, _ := os.MkdirTemp("", "example")
+	defer os.RemoveAll(dir)
+	r, err := Open(filepath.Join(dir, "events.ring"), Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+	rd, _ := r.NewReader(ReaderOptions{Start: Oldest})
+	defer rd.Close()
+
+	go r.AppendBatch([][]byte{[]byte("one"), []byte("two")})
+
+	// ReadContext sleeps on the region's futex until a record is committed.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 0; i < 2; i++ {
+		rec, err := rd.ReadContext(ctx)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		fmt.Println(rec.Seq, string(rec.Data))
+	}
+	fmt.Printf("%+v\n", rd.Stats())
+	// Output:
+	// 0 one
+	// 1 two
+	// {Received:2 Lost:0 Abandoned:0 Corrupt:0}
+}
