@@ -35,9 +35,12 @@ import (
 //	24   8     touch    scratch: producers store to it to own the line early
 //
 // dataPos, length and crc are seqlock-protected like the record bytes: the
-// producer writes them with plain stores between its busy CAS and its commit
-// CAS on stamp (both full barriers), and a reader uses them only if stamp is
-// the same committed value before and after it copied them.
+// producer writes them between its busy CAS and its commit CAS on stamp, and
+// a reader uses them only if stamp is the same committed value before and
+// after it copied them. The producer writes them by CAS from the values it
+// found after its busy CAS, so a producer that lost the entry while paused
+// (abandoned, then reused by a later lap) cannot overwrite the fields of the
+// entry's next owner: its CAS fails and it reports ErrAbandoned.
 //
 // Reader slot (shm.ReaderSlotSize = 64 bytes, R of them):
 //
@@ -74,11 +77,13 @@ type control struct {
 
 type entry struct {
 	stamp   atomic.Uint64
-	dataPos uint64
-	length  uint32
-	crc     uint32
-	touch   uint64 // written, never read: see Ring.touch
+	dataPos atomic.Uint64
+	meta    atomic.Uint64 // length | crc<<32: bytes 16-19 length, 20-23 crc
+	touch   uint64        // written, never read: see Ring.touch
 }
+
+func packMeta(length, crc uint32) uint64       { return uint64(length) | uint64(crc)<<32 }
+func unpackMeta(m uint64) (length, crc uint32) { return uint32(m), uint32(m >> 32) }
 
 type readerSlot struct {
 	owner     atomic.Uint64

@@ -26,8 +26,13 @@ func TestLayoutPinned(t *testing.T) {
 	var e entry
 	assert.Equal(t, uintptr(0), unsafe.Offsetof(e.stamp))
 	assert.Equal(t, uintptr(8), unsafe.Offsetof(e.dataPos))
-	assert.Equal(t, uintptr(16), unsafe.Offsetof(e.length))
-	assert.Equal(t, uintptr(20), unsafe.Offsetof(e.crc))
+	assert.Equal(t, uintptr(16), unsafe.Offsetof(e.meta))
+	// meta holds the length in bytes 16-19 and the crc in bytes 20-23.
+	m := packMeta(0x11223344, 0xaabbccdd)
+	assert.Equal(t, [8]byte{0x44, 0x33, 0x22, 0x11, 0xdd, 0xcc, 0xbb, 0xaa}, *(*[8]byte)(unsafe.Pointer(&m)))
+	l, cr := unpackMeta(m)
+	assert.Equal(t, uint32(0x11223344), l)
+	assert.Equal(t, uint32(0xaabbccdd), cr)
 	assert.Equal(t, uintptr(24), unsafe.Offsetof(e.touch))
 	assert.Equal(t, uintptr(shm.IndexEntrySize), unsafe.Sizeof(e))
 

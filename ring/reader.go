@@ -2,6 +2,7 @@ package ring
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"os"
@@ -113,6 +114,7 @@ type Reader struct {
 	pendingSet   bool
 
 	slot      *readerSlot // nil when Unregistered
+	slotOwner uint64      // the owner word we claimed the slot with
 	slotIndex int
 	fills     uint64
 	closed    bool
@@ -148,11 +150,11 @@ func (r *Ring) NewReader(opts ReaderOptions) (*Reader, error) {
 		rd.cursor = opts.Start.seq
 	}
 	if !opts.Unregistered {
-		i, err := r.claimSlot()
+		i, owner, err := r.claimSlot()
 		if err != nil {
 			return nil, err
 		}
-		rd.slot, rd.slotIndex = &r.slots[i], i
+		rd.slot, rd.slotIndex, rd.slotOwner = &r.slots[i], i, owner
 		rd.publish()
 		r.readersMu.Lock()
 		if r.readers == nil {
@@ -209,8 +211,9 @@ func (rd *Reader) Close() error {
 	defer r.readersMu.Unlock()
 	if !r.closed.Load() {
 		rd.publish()
-		// Release: the slot's counters are final before it reads as free.
-		rd.slot.owner.Store(0)
+		// Full barrier: the slot's counters are final before it reads as
+		// free, and a slot someone else took over is left alone.
+		rd.slot.owner.CompareAndSwap(rd.slotOwner, 0)
 		delete(r.readers, rd)
 	}
 	rd.slot = nil
@@ -323,7 +326,8 @@ func (rd *Reader) copyBatch(tail uint64) (pending bool) {
 		st := e.stamp.Load()
 		switch {
 		case st == stamp(c, stateCommitted):
-			pos, length, crc := e.dataPos, e.length, e.crc
+			pos := e.dataPos.Load() // seqlock-protected: checked by the re-load of stamp below
+			length, crc := unpackMeta(e.meta.Load())
 			if length > r.maxRecord {
 				if e.stamp.Load() == st {
 					rd.stats.Corrupt++
@@ -455,11 +459,19 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 	}
 	ctl := rd.ring.ctl
 	if ctx.Done() != nil {
+		woken := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
+			defer close(woken)
 			ctl.wakeGen.Add(1) // make a sleeper's futex word stale, then wake it
 			shm.Wake(&ctl.wakeGen)
 		})
-		defer stop()
+		// If the wake-up has started, let it finish before we return: the
+		// caller may close the ring (and unmap ctl) as soon as we do.
+		defer func() {
+			if !stop() {
+				<-woken
+			}
+		}()
 	}
 	var deadline time.Time
 	if timeout > 0 {
@@ -490,29 +502,38 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 			}
 			sleep = minPositive(sleep, min(rd.opts.WaitInterval, left))
 		}
-		timedOut := rd.sleep(state, sleep)
+		err := rd.sleep(ctx, state, sleep)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
 		if state == peekPending {
 			return nil // retry the entry every WaitInterval
 		}
-		if timedOut && !deadline.IsZero() && time.Until(deadline) <= 0 {
+		if err != nil && !deadline.IsZero() && time.Until(deadline) <= 0 {
 			return os.ErrDeadlineExceeded
 		}
 	}
 }
 
 // sleep re-checks the ring and sleeps on wakeGen for at most d (d <= 0: no
-// limit) unless the reader's state is no longer want. It reports whether it
-// timed out. The protocol is described at Ring.wake.
-func (rd *Reader) sleep(want peekState, d time.Duration) bool {
+// limit) unless the reader's state is no longer want or ctx has ended. It
+// returns os.ErrDeadlineExceeded on timeout and a futex failure as is. The
+// protocol is described at Ring.wake.
+func (rd *Reader) sleep(ctx context.Context, want peekState, d time.Duration) error {
 	ctl := rd.ring.ctl
 	for range 8 {
 		ctl.sleeping.Store(1) // full barrier: producers committing after this see it
 		gen := ctl.wakeGen.Load()
 		if rd.peek() != want {
-			return false
+			return nil
 		}
 		if ctl.sleeping.Load() == 0 {
 			continue // a producer took the flag after our store: set it again
+		}
+		// Checked after gen was read: a cancellation after this point bumps
+		// wakeGen, so the futex wait below returns at once.
+		if ctx.Err() != nil {
+			return nil
 		}
 		if rd.slot != nil {
 			rd.slot.waiting.Store(1) // for operators only
@@ -521,9 +542,9 @@ func (rd *Reader) sleep(want peekState, d time.Duration) bool {
 		if rd.slot != nil {
 			rd.slot.waiting.Store(0)
 		}
-		return err != nil
+		return err
 	}
-	return false // the ring is busy: no need to sleep
+	return nil // the ring is busy: no need to sleep
 }
 
 type peekState int
@@ -562,6 +583,9 @@ func minPositive(a, b time.Duration) time.Duration {
 // publish copies the reader's cursor and counters into its registry slot.
 func (rd *Reader) publish() {
 	s := rd.slot
+	if s.owner.Load() != rd.slotOwner {
+		return // reclaimed by mistake and taken by another reader: not ours to write
+	}
 	// Each store is independent: observers read a recent snapshot, not a
 	// consistent one.
 	s.cursor.Store(rd.Cursor())

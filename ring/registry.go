@@ -23,7 +23,7 @@ type ReaderInfo struct {
 
 // claimSlot takes a free registry slot for this process, reclaiming slots of
 // dead processes on the way.
-func (r *Ring) claimSlot() (int, error) {
+func (r *Ring) claimSlot() (int, uint64, error) {
 	me := ownerWord(os.Getpid(), proc.SelfStartTime())
 	for pass := 0; pass < 2; pass++ {
 		for i := range r.slots {
@@ -42,11 +42,11 @@ func (r *Ring) claimSlot() (int, error) {
 				s.abandoned.Store(0)
 				s.corrupt.Store(0)
 				s.waiting.Store(0)
-				return i, nil
+				return i, me, nil
 			}
 		}
 	}
-	return -1, ErrNoReaderSlot
+	return -1, 0, ErrNoReaderSlot
 }
 
 // reclaim frees slot i if its owner (as read: owner) is dead. It reports

@@ -63,6 +63,8 @@ type Ring struct {
 	maxRecord uint32
 	closed    atomic.Bool
 
+	fillBufs sync.Pool // *[]byte for AppendFunc
+
 	readersMu sync.Mutex
 	readers   map[*Reader]struct{} // open readers, whose slots Close releases
 
@@ -104,6 +106,7 @@ func New(region *shm.Region) *Ring {
 // its halves aliased (or, for single-threaded tests, kept equal by hand).
 func newRing(ctl, index, data, readers []byte, g shm.Geometry) *Ring {
 	return &Ring{
+		fillBufs:  sync.Pool{New: func() any { return new([]byte) }},
 		ctl:       (*control)(unsafe.Pointer(&ctl[0])),
 		index:     view[entry](index)[:g.IndexSlots],
 		data:      data,
@@ -133,7 +136,7 @@ func (r *Ring) Close() error {
 	r.readersMu.Lock()
 	for rd := range r.readers {
 		if rd.slot != nil {
-			rd.slot.owner.Store(0) // release: see Reader.Close
+			rd.slot.owner.CompareAndSwap(rd.slotOwner, 0) // see Reader.Close
 		}
 	}
 	r.readers = nil
@@ -156,6 +159,9 @@ func (r *Ring) Append(p []byte) (uint64, error) {
 	// claimed-but-uncommitted (which stalls readers) only for a few stores,
 	// not for the copy. Pairs with the dataTail load in Reader.fill.
 	pos := r.ctl.dataTail.Add(n) - n
+	if r.stale(pos) {
+		return 0, ErrAbandoned
+	}
 	copy(r.data[pos&r.dataMask:], p)
 	crc := crc32.Checksum(p, castagnoli)
 	// Claim the sequence number: from here readers know the record exists.
@@ -165,18 +171,29 @@ func (r *Ring) Append(p []byte) (uint64, error) {
 	return seq, err
 }
 
-// AppendFunc publishes a record of n bytes that fill writes in place, with no
-// intermediate copy. fill must write all n bytes and must not retain dst.
+// AppendFunc publishes a record of n bytes that fill writes, for callers
+// that encode straight into a buffer. fill must write all n bytes and must
+// not retain dst. If fill panics, nothing has been claimed.
 func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
 	if n < 0 || uint64(n) > uint64(r.maxRecord) {
 		return 0, r.tooBig(n)
 	}
+	// fill writes a private buffer, and the checksum is taken from it: taken
+	// from the ring, it could cover bytes a stale producer wrote meanwhile.
+	bufp := r.fillBufs.Get().(*[]byte)
+	defer r.fillBufs.Put(bufp)
+	if cap(*bufp) < n {
+		*bufp = make([]byte, n)
+	}
+	buf := (*bufp)[:n]
+	fill(buf)
+	crc := crc32.Checksum(buf, castagnoli)
 	un := uint64(n)
 	pos := r.ctl.dataTail.Add(un) - un // pairs with the dataTail load in Reader.fill
-	off := pos & r.dataMask
-	dst := r.data[off : off+un : off+un]
-	fill(dst)
-	crc := crc32.Checksum(dst, castagnoli)
+	if r.stale(pos) {
+		return 0, ErrAbandoned
+	}
+	copy(r.data[pos&r.dataMask:], buf)
 	seq := r.ctl.seqTail.Add(1) - 1
 	err := r.commit(seq, pos, uint32(n), crc)
 	r.wake()
@@ -207,6 +224,9 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 		return first, errors.Join(err1, err2)
 	}
 	pos := r.ctl.dataTail.Add(total) - total // pairs with the dataTail load in Reader.fill
+	if r.stale(pos) {
+		return 0, fmt.Errorf("%d records: %w", len(recs), ErrAbandoned)
+	}
 	var stack [64]uint32
 	crcs := stack[:0] // grows onto the heap only for batches over 64
 	p0 := pos
@@ -237,6 +257,22 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 func (r *Ring) tooBig(n int) error {
 	r.ctl.tooBig.Add(1) // counter only; orders nothing
 	return fmt.Errorf("%d bytes, the ring takes at most %d: %w", n, r.maxRecord, ErrTooBig)
+}
+
+// stale reports whether bytes claimed at pos already lie more than one ring
+// behind the newest claim: this producer was descheduled between its claim
+// and its copy while others wrapped the data ring, and copying now would
+// damage their newer records. The record is dropped (counted as a late
+// commit) before it gets a sequence number, so no reader waits for it. A
+// producer paused between this check and its copy can still damage a newer
+// record; readers that copy it afterwards then fail its CRC and count it
+// corrupt.
+func (r *Ring) stale(pos uint64) bool {
+	if r.ctl.dataTail.Load()-pos <= r.dataSize { // snapshot; orders nothing
+		return false
+	}
+	r.ctl.lateCommits.Add(1) // counter only
+	return true
 }
 
 // touch stores to the scratch word of seq's index entry. The entry's line was
@@ -275,9 +311,20 @@ func (r *Ring) commit(seq, pos uint64, n uint32, crc uint32) error {
 	if r.hook != nil {
 		r.hook(hookBusy, seq)
 	}
-	e.dataPos = pos
-	e.length = n
-	e.crc = crc ^ seqMix(seq)
+	// Snapshot the fields, check we still own the entry, then CAS: if a later
+	// lap took the entry after the check, its writes make our CAS fail.
+	oldPos, oldMeta := e.dataPos.Load(), e.meta.Load()
+	if e.stamp.Load() != busy ||
+		!e.dataPos.CompareAndSwap(oldPos, pos) ||
+		!e.meta.CompareAndSwap(oldMeta, packMeta(n, crc^seqMix(seq))) {
+		// Lost the entry, or raced its next owner: give ours up at once
+		// rather than make readers wait WaitMax for it.
+		if e.stamp.CompareAndSwap(busy, stamp(seq, stateAbandoned)) {
+			r.ctl.abandoned.Add(1) // counter only
+		}
+		r.ctl.lateCommits.Add(1) // counter only
+		return ErrAbandoned
+	}
 	// Release: pairs with the acquire load of stamp in Reader.fill; the record
 	// bytes and the fields above are visible to a reader that sees committed.
 	// Fails only if a reader abandoned the entry meanwhile (busy -> abandoned).
@@ -369,7 +416,7 @@ func (r *Ring) Oldest() uint64 {
 		case stateAbandoned:
 			return c
 		case stateCommitted:
-			pos := r.index[c&r.indexMask].dataPos
+			pos := r.index[c&r.indexMask].dataPos.Load()
 			if r.ctl.dataTail.Load()-pos <= r.dataSize {
 				return c
 			}

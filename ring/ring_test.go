@@ -273,9 +273,9 @@ func TestCorruptEntriesAreSkippedAndCounted(t *testing.T) {
 		_, err := r.Append(payload(i, 64))
 		require.NoError(t, err)
 	}
-	r.index[1].length = 100000                    // beyond MaxRecord
-	r.index[2].crc ^= 1                           // checksum mismatch
-	r.data[r.index[3].dataPos&r.dataMask] ^= 0xff // damaged bytes
+	r.index[1].meta.Add(100000)                          // length beyond MaxRecord
+	r.index[2].meta.Add(1 << 32)                         // checksum mismatch
+	r.data[r.index[3].dataPos.Load()&r.dataMask] ^= 0xff // damaged bytes
 	rd := newTestReader(t, r, ReaderOptions{Start: AtSeq(0)})
 	got := drain(t, rd)
 	require.Len(t, got, 1)

@@ -1,0 +1,145 @@
+package ring
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shmring/shmring/shm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Regression tests for interleavings found in review.
+
+var smallGeometry = shm.Geometry{IndexSlots: 16, DataBytes: 4096, MaxRecord: 1024}
+
+// A stale producer (claimed bytes, descheduled before its copy while the
+// ring wrapped) writes into the bytes of a newer AppendFunc record while it
+// is being filled. The checksum comes from AppendFunc's private buffer, so
+// the record readers get is the one that was written.
+func TestStaleWriteDuringAppendFunc(t *testing.T) {
+	r := openTestRing(t, smallGeometry)
+	rd := newTestReader(t, r, ReaderOptions{Unregistered: true})
+	qpos := r.ctl.dataTail.Add(100) - 100 // Q claims [0,100), then stalls
+	for i := 0; i < 37; i++ {             // others claim 37*108 = 3996 bytes
+		_, err := r.Append(bytes.Repeat([]byte{'x'}, 108))
+		require.NoError(t, err)
+	}
+	drain(t, rd)
+	want := bytes.Repeat([]byte{'R'}, 100)
+	seq, err := r.AppendFunc(100, func(dst []byte) {
+		copy(dst, want)
+		copy(r.data[qpos&r.dataMask:], bytes.Repeat([]byte{'Q'}, 50)) // Q's late copy
+	})
+	require.NoError(t, err)
+	rec, err := rd.Read()
+	require.NoError(t, err, "stats %+v", rd.Stats())
+	assert.Equal(t, seq, rec.Seq)
+	assert.Equal(t, want, rec.Data, "never torn bytes as a valid record")
+}
+
+// A producer whose claimed bytes are already a whole ring behind drops its
+// record before it takes a sequence number.
+func TestStaleClaimIsDropped(t *testing.T) {
+	r := openTestRing(t, smallGeometry)
+	qpos := r.ctl.dataTail.Add(100) - 100
+	assert.False(t, r.stale(qpos))
+	r.ctl.dataTail.Add(4096)
+	assert.True(t, r.stale(qpos))
+	assert.Equal(t, uint64(1), r.Counters().LateCommits)
+	assert.Equal(t, uint64(0), r.Counters().Next, "no sequence number was claimed")
+}
+
+// A producer paused after its busy CAS, whose entry is abandoned and reused
+// by the next lap, must not overwrite the new owner's fields when it wakes:
+// two readers, one before and one after, see the same records.
+func TestLateProducerCannotClobberNextOwner(t *testing.T) {
+	r := openTestRing(t, smallGeometry)
+	opts := ReaderOptions{Unregistered: true, WaitMax: 20 * time.Millisecond, WaitInterval: time.Millisecond}
+	rdA := newTestReader(t, r, opts)
+	rdB := newTestReader(t, r, opts)
+	hold, reached := make(chan struct{}), make(chan struct{})
+	SetHook(r, func(p HookPoint, seq uint64) {
+		if p == HookBusy && seq == 0 {
+			close(reached)
+			<-hold
+		}
+	})
+	done := make(chan error, 1)
+	go func() { _, err := r.Append(bytes.Repeat([]byte{'P'}, 40)); done <- err }()
+	<-reached
+	// A gives up on seq 0 after WaitMax, for everyone.
+	require.Eventually(t, func() bool {
+		_, err := rdA.Read()
+		return errors.Is(err, ErrEmpty)
+	}, 10*time.Second, time.Millisecond)
+	_, err := rdB.Read()
+	require.ErrorIs(t, err, ErrEmpty)
+	for i := 1; i <= 16; i++ { // seq 16 reuses entry 0
+		_, err := r.Append(payload(i, 40))
+		require.NoError(t, err)
+	}
+	a := drain(t, rdA)
+	close(hold)
+	require.ErrorIs(t, <-done, ErrAbandoned)
+	b := drain(t, rdB)
+	require.Equal(t, len(a), len(b), "A %+v, B %+v", rdA.Stats(), rdB.Stats())
+	for i := range a {
+		assert.Equal(t, a[i], b[i])
+	}
+	assert.Zero(t, rdB.Stats().Corrupt)
+}
+
+// lateCtx is cancelled just after Wait's first look at it, so that the
+// cancellation falls between that check and the futex wait.
+type lateCtx struct {
+	context.Context
+	cancel context.CancelFunc
+	n      int
+}
+
+func (c *lateCtx) Err() error {
+	c.n++
+	if c.n == 1 {
+		c.cancel()
+		return nil
+	}
+	return c.Context.Err()
+}
+
+func TestWaitSeesCancelBetweenCheckAndSleep(t *testing.T) {
+	r := openTestRing(t, smallGeometry)
+	rd := newTestReader(t, r, ReaderOptions{Unregistered: true})
+	inner, cancel := context.WithCancel(context.Background())
+	ctx := &lateCtx{Context: inner, cancel: cancel}
+	res := make(chan error, 1)
+	go func() { res <- rd.Wait(ctx, 0) }()
+	select {
+	case err := <-res:
+		assert.ErrorIs(t, err, context.Canceled)
+	case <-time.After(30 * time.Second):
+		_, _ = r.Append([]byte("x"))
+		t.Fatalf("Wait slept on after its context was cancelled: %v", <-res)
+	}
+}
+
+// The cancellation wake-up must be over before Wait returns: the caller may
+// close (unmap) the ring right after.
+func TestCloseRightAfterCancelledWait(t *testing.T) {
+	dir := t.TempDir()
+	for i := 0; i < 300; i++ {
+		r, err := Open(filepath.Join(dir, "r"), Options{Geometry: smallGeometry})
+		require.NoError(t, err)
+		rd, err := r.NewReader(ReaderOptions{Unregistered: true})
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		go cancel()
+		require.ErrorIs(t, rd.Wait(ctx, 0), context.Canceled)
+		require.NoError(t, rd.Close())
+		require.NoError(t, r.Close())
+	}
+}
