@@ -100,16 +100,28 @@ func benchCrossProcess(b *testing.B, producers, size, batch int) {
 	for _, p := range procs {
 		p.Stdin.Close() // release all producers at once
 	}
+	// A producer may drop records (ErrAbandoned: it was descheduled while
+	// the others lapped it), so the reader cannot count on seeing total:
+	// once every producer is done, it is told to drain what is left.
+	dropped := 0
+	for _, p := range procs {
+		if err := p.Wait(10 * time.Minute); err != nil {
+			b.Fatal(err)
+		}
+		var n int
+		line, err := p.Expect("dropped ", time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fmt.Sscanf(line, "dropped %d", &n)
+		dropped += n
+	}
+	reader.Stdin.Close()
 	line, err := reader.Expect("done", 10*time.Minute)
 	elapsed := time.Since(start)
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)
-	}
-	for _, p := range procs {
-		if err := p.Wait(time.Minute); err != nil {
-			b.Fatal(err)
-		}
 	}
 	var received, lost, bad uint64
 	if _, err := fmt.Sscanf(line, "done received=%d lost=%d bad=%d", &received, &lost, &bad); err != nil {
@@ -120,6 +132,7 @@ func benchCrossProcess(b *testing.B, producers, size, batch int) {
 	}
 	b.ReportMetric(float64(received)/elapsed.Seconds(), "records/s")
 	b.ReportMetric(float64(lost), "lost")
+	b.ReportMetric(float64(dropped), "dropped")
 }
 
 func openRing(path string) (*ring.Ring, error) {
@@ -143,6 +156,8 @@ func runProducer(args []string) error {
 	}
 	fmt.Println("ready")
 	testproc.WaitStdinClosed()
+	dropped := 0
+	defer func() { fmt.Printf("dropped %d\n", dropped) }()
 	for n := 0; n < count; {
 		k := min(batch, count-n)
 		for i := range k {
@@ -153,7 +168,9 @@ func runProducer(args []string) error {
 		} else {
 			_, err = r.AppendBatch(recs[:k])
 		}
-		if err != nil && !errors.Is(err, ring.ErrAbandoned) {
+		if errors.Is(err, ring.ErrAbandoned) {
+			dropped += k
+		} else if err != nil {
 			return err
 		}
 		// ErrAbandoned: this producer was descheduled long enough for the
@@ -210,16 +227,24 @@ func runReader(args []string) error {
 		pprof.StartCPUProfile(out)
 		defer pprof.StopCPUProfile()
 	}
+	var producersDone atomic.Bool
+	go func() {
+		testproc.WaitStdinClosed()
+		producersDone.Store(true)
+	}()
 	idle := 0
 	for rd.Cursor() < total {
 		if rd.Buffered() == 0 {
 			// Stay a batch behind the producers: the lines they are
 			// writing are theirs, and each read of one costs them a miss.
-			for lag := rd.Lag(); lag > 0 && lag < minLag && rd.Cursor()+lag < total; lag = rd.Lag() {
+			for lag := rd.Lag(); lag > 0 && lag < minLag && rd.Cursor()+lag < total && !producersDone.Load(); lag = rd.Lag() {
 				spinPause(int(minLag-lag) * 100)
 			}
 		}
 		rec, err := rd.Read()
+		if errors.Is(err, ring.ErrEmpty) && producersDone.Load() && rd.Lag() == 0 {
+			break // every producer has exited and the ring is drained
+		}
 		if errors.Is(err, ring.ErrEmpty) || errors.Is(err, ring.ErrPending) {
 			// Let a batch build up rather than re-reading the producers'
 			// lines at once: each re-read costs them a cache miss.
