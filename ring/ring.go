@@ -166,6 +166,9 @@ func (r *Ring) Append(p []byte) (uint64, error) {
 	crc := crc32.Checksum(p, castagnoli)
 	// Claim the sequence number: from here readers know the record exists.
 	seq := r.ctl.seqTail.Add(1) - 1
+	// A reader asleep on an empty ring must learn of the claim too: if this
+	// producer dies before its commit, nobody else would wake it.
+	r.wake()
 	err := r.commit(seq, pos, uint32(n), crc)
 	r.wake()
 	return seq, err
@@ -195,6 +198,9 @@ func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
 	}
 	copy(r.data[pos&r.dataMask:], buf)
 	seq := r.ctl.seqTail.Add(1) - 1
+	// A reader asleep on an empty ring must learn of the claim too: if this
+	// producer dies before its commit, nobody else would wake it.
+	r.wake()
 	err := r.commit(seq, pos, uint32(n), crc)
 	r.wake()
 	return seq, err
@@ -237,6 +243,7 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 	}
 	k := uint64(len(recs))
 	first := r.ctl.seqTail.Add(k) - k
+	r.wake() // see Append
 	for i := uint64(0); i < k; i += 2 {
 		r.touch(first + i)
 	}
