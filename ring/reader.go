@@ -89,11 +89,12 @@ type ReaderStats struct {
 }
 
 type batchRecord struct {
-	seq    uint64
-	pos    uint64 // data-ring position, for the overwrite check
-	off    int    // offset in the arena
-	length uint32
-	crc    uint32
+	skipped ReaderStats // sequence numbers skipped just before this record
+	seq     uint64
+	pos     uint64 // data-ring position, for the overwrite check
+	off     int    // offset in the arena
+	length  uint32
+	crc     uint32
 }
 
 // Reader reads a Ring from one goroutine at a time. Each process may have any
@@ -108,6 +109,11 @@ type Reader struct {
 	next   int // next buffered record to deliver
 
 	stats ReaderStats
+	// skip gathers what the refill under way skipped; each skip is moved to
+	// stats only when the reader's Cursor moves past it, so that Stats and
+	// Cursor always describe the same point.
+	skip     ReaderStats
+	trailing ReaderStats // skipped after the last buffered record
 
 	pendingSeq   uint64
 	pendingSince time.Time
@@ -191,7 +197,15 @@ func (rd *Reader) Lag() uint64 {
 	return 0
 }
 
-// Stats returns the reader's counters.
+func (s *ReaderStats) add(o ReaderStats) {
+	s.Received += o.Received
+	s.Lost += o.Lost
+	s.Abandoned += o.Abandoned
+	s.Corrupt += o.Corrupt
+}
+
+// Stats returns the reader's counters. They account for exactly the
+// sequence numbers before Cursor().
 func (rd *Reader) Stats() ReaderStats { return rd.stats }
 
 // Slot returns the reader's registry slot, or -1 if it has none.
@@ -234,6 +248,14 @@ func (rd *Reader) Read() (Record, error) {
 	b := &rd.recs[rd.next]
 	rd.next++
 	rd.stats.Received++
+	// The cursor moves to the next buffered record (or past the batch):
+	// count what is skipped on the way.
+	if rd.next < len(rd.recs) {
+		rd.stats.add(rd.recs[rd.next].skipped)
+	} else {
+		rd.stats.add(rd.trailing)
+		rd.trailing = ReaderStats{}
+	}
 	end := b.off + int(b.length)
 	return Record{Seq: b.seq, Data: rd.arena[b.off:end:end]}, nil
 }
@@ -277,11 +299,13 @@ func (rd *Reader) fill() (err error) {
 		// tail has been claimed. Read once per batch, not per record.
 		tail := r.ctl.seqTail.Load()
 		if rd.cursor >= tail {
+			rd.stats.add(rd.skip)
+			rd.skip = ReaderStats{}
 			return ErrEmpty
 		}
 		if n := uint64(len(r.index)); tail-rd.cursor > n {
 			// Lapped: everything older than tail-n has been overwritten.
-			rd.stats.Lost += tail - n - rd.cursor
+			rd.skip.Lost += tail - n - rd.cursor
 			rd.cursor = tail - n
 		}
 		pending := rd.copyBatch(tail)
@@ -289,8 +313,13 @@ func (rd *Reader) fill() (err error) {
 			rd.verifyBatch()
 		}
 		if len(rd.recs) > 0 {
+			rd.trailing, rd.skip = rd.skip, ReaderStats{}
+			rd.stats.add(rd.recs[0].skipped) // the cursor is at the first record
 			return nil
 		}
+		// Nothing buffered: the cursor is past everything skipped.
+		rd.stats.add(rd.skip)
+		rd.skip = ReaderStats{}
 		if pending {
 			return ErrPending
 		}
@@ -330,9 +359,9 @@ func (rd *Reader) copyBatch(tail uint64) (pending bool) {
 			length, crc := unpackMeta(e.meta.Load())
 			if length > r.maxRecord {
 				if e.stamp.Load() == st {
-					rd.stats.Corrupt++
+					rd.skip.Corrupt++
 				} else {
-					rd.stats.Lost++
+					rd.skip.Lost++
 				}
 				c++
 				continue
@@ -344,18 +373,19 @@ func (rd *Reader) copyBatch(tail uint64) (pending bool) {
 			// lap took it and what we copied may be torn.
 			if e.stamp.Load() != st {
 				rd.arena = rd.arena[:off]
-				rd.stats.Lost++
+				rd.skip.Lost++
 				c++
 				continue
 			}
-			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length, crc: crc})
+			rd.recs = append(rd.recs, batchRecord{skipped: rd.skip, seq: c, pos: pos, off: off, length: length, crc: crc})
+			rd.skip = ReaderStats{}
 			c++
 		case st == stamp(c, stateAbandoned):
-			rd.stats.Abandoned++
+			rd.skip.Abandoned++
 			c++
 		case stampSeq(st) > c:
 			// A later lap reused the entry before we got to it.
-			rd.stats.Lost++
+			rd.skip.Lost++
 			c++
 		default:
 			// Claimed (c < tail) but not committed: the stamp is still the
@@ -386,7 +416,7 @@ func (rd *Reader) giveUp(c uint64, e *entry, st uint64) bool {
 		// committed(c) if the producer won the race.
 		if e.stamp.CompareAndSwap(st, stamp(c, stateAbandoned)) {
 			rd.ring.ctl.abandoned.Add(1) // counter only
-			rd.stats.Abandoned++
+			rd.skip.Abandoned++
 			rd.pendingSet = false
 			return true
 		}
@@ -395,17 +425,17 @@ func (rd *Reader) giveUp(c uint64, e *entry, st uint64) bool {
 		case st == stamp(c, stateCommitted):
 			return false // committed at the last moment: read it normally
 		case st == stamp(c, stateAbandoned):
-			rd.stats.Abandoned++
+			rd.skip.Abandoned++
 			rd.pendingSet = false
 			return true
 		case stampSeq(st) > c:
-			rd.stats.Lost++
+			rd.skip.Lost++
 			rd.pendingSet = false
 			return true
 		}
 	}
 	// The stamp keeps changing under us: a damaged or hostile writer.
-	rd.stats.Corrupt++
+	rd.skip.Corrupt++
 	rd.pendingSet = false
 	return true
 }
@@ -427,21 +457,27 @@ func (rd *Reader) verifyBatch() {
 	// still within the last D claimed bytes was intact while we copied it.
 	dataTail := r.ctl.dataTail.Load()
 	kept := rd.recs[:0]
+	var carry ReaderStats // skips of dropped records, for the next kept one
 	for _, b := range rd.recs {
+		carry.add(b.skipped)
 		if dataTail-b.pos > r.dataSize {
-			rd.stats.Lost++
+			carry.Lost++
 			continue
 		}
 		got := crc32.Checksum(rd.arena[b.off:b.off+int(b.length)], castagnoli) ^ seqMix(b.seq)
 		if got != b.crc {
 			// Not overwritten by the ring's own producers, yet wrong: a
 			// producer that wrote after its entry was abandoned, or damage.
-			rd.stats.Corrupt++
+			carry.Corrupt++
 			continue
 		}
+		b.skipped, carry = carry, ReaderStats{}
 		kept = append(kept, b)
 	}
 	rd.recs = kept
+	// Drops after the last kept record come before anything skipped after it.
+	carry.add(rd.skip)
+	rd.skip = carry
 }
 
 // Wait blocks until Read has something to return, ctx ends, or timeout
