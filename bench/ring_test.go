@@ -315,24 +315,41 @@ func BenchmarkFloorSPSC(b *testing.B) {
 
 const spscPublishEvery = 64
 
-// spsc returns the ring's head and tail words (on their own 128-byte blocks
-// of the control area) and its 64-byte slots.
-func spsc(region *shm.Region) (head, tail *atomic.Uint64, slots []byte, mask uint64) {
+// spscRing is the bare ring's view of a region: head and tail words on
+// their own 128-byte blocks of the control area, and 64-byte slots.
+type spscRing struct {
+	region      *shm.Region
+	head, tail  *atomic.Uint64
+	slots       []byte
+	mask, count uint64
+}
+
+// openSPSC opens the region for a role whose args are: path count.
+func openSPSC(args []string) (*spscRing, error) {
+	region, err := shm.Open(args[0], shm.Options{})
+	if err != nil {
+		return nil, err
+	}
+	count, _ := strconv.ParseUint(args[1], 10, 64)
 	ctl := region.Control()
-	head = (*atomic.Uint64)(unsafe.Pointer(&ctl[0]))
-	tail = (*atomic.Uint64)(unsafe.Pointer(&ctl[128]))
 	data := region.Data()[:region.Geometry().DataBytes]
-	return head, tail, data, uint64(len(data)/64) - 1
+	return &spscRing{
+		region: region,
+		head:   (*atomic.Uint64)(unsafe.Pointer(&ctl[0])),
+		tail:   (*atomic.Uint64)(unsafe.Pointer(&ctl[128])),
+		slots:  data,
+		mask:   uint64(len(data)/64) - 1,
+		count:  count,
+	}, nil
 }
 
 func runSPSCWriter(args []string) error {
-	region, err := shm.Open(args[0], shm.Options{})
+	q, err := openSPSC(args)
 	if err != nil {
 		return err
 	}
-	defer region.Close()
-	count, _ := strconv.ParseUint(args[1], 10, 64)
-	head, tail, slots, mask := spsc(region)
+	defer q.region.Close()
+	head, tail, slots, mask, count := q.head, q.tail, q.slots, q.mask, q.count
 	var msg [64]byte
 	fmt.Println("ready")
 	testproc.WaitStdinClosed()
@@ -353,13 +370,12 @@ func runSPSCWriter(args []string) error {
 }
 
 func runSPSCReader(args []string) error {
-	region, err := shm.Open(args[0], shm.Options{})
+	q, err := openSPSC(args)
 	if err != nil {
 		return err
 	}
-	defer region.Close()
-	count, _ := strconv.ParseUint(args[1], 10, 64)
-	head, tail, slots, mask := spsc(region)
+	defer q.region.Close()
+	head, tail, slots, mask, count := q.head, q.tail, q.slots, q.mask, q.count
 	fmt.Println("ready")
 	bad := 0
 	for i := uint64(0); i < count; {
