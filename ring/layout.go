@@ -123,10 +123,6 @@ func seqMix(seq uint64) uint32 {
 	return uint32(h >> 32)
 }
 
-// ownerWord packs a process identity into a reader slot's owner word.
-func ownerWord(pid int, start uint64) uint64 { return uint64(uint32(pid))<<32 | uint64(uint32(start)) }
-func ownerPID(w uint64) int                  { return int(w >> 32) }
-func ownerStart(w uint64) uint32             { return uint32(w) }
 
 // view casts a byte slice to a slice of T. b must be aligned for T.
 func view[T any](b []byte) []T {

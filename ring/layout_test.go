@@ -58,7 +58,4 @@ func TestStampEncoding(t *testing.T) {
 	}
 	assert.NotEqual(t, stamp(0, stateCommitted), uint64(0), "a zeroed entry never reads as committed")
 	assert.NotEqual(t, seqMix(1), seqMix(2))
-	w := ownerWord(123456, 0x1_2345_6789)
-	assert.Equal(t, 123456, ownerPID(w))
-	assert.Equal(t, uint32(0x2345_6789), ownerStart(w))
 }

@@ -1,7 +1,6 @@
 package ring
 
 import (
-	"os"
 	"time"
 
 	"github.com/shmring/shmring/internal/proc"
@@ -24,7 +23,7 @@ type ReaderInfo struct {
 // claimSlot takes a free registry slot for this process, reclaiming slots of
 // dead processes on the way.
 func (r *Ring) claimSlot() (int, uint64, error) {
-	me := ownerWord(os.Getpid(), proc.SelfStartTime())
+	me := uint64(proc.Self())
 	for pass := 0; pass < 2; pass++ {
 		for i := range r.slots {
 			s := &r.slots[i]
@@ -53,7 +52,7 @@ func (r *Ring) claimSlot() (int, uint64, error) {
 // whether it freed it. (A reader that died asleep left at most the ring's
 // sleeping flag set, which costs the next producer one spare wake-up.)
 func (r *Ring) reclaim(i int, owner uint64) bool {
-	if proc.Alive(ownerPID(owner), ownerStart(owner)) {
+	if proc.Owner(owner).Alive() {
 		return false
 	}
 	// Full barrier: only one reclaimer wins.
@@ -83,8 +82,8 @@ func (r *Ring) Readers() []ReaderInfo {
 		}
 		out = append(out, ReaderInfo{
 			Slot:      i,
-			PID:       ownerPID(owner),
-			Alive:     proc.Alive(ownerPID(owner), ownerStart(owner)),
+			PID:       proc.Owner(owner).PID(),
+			Alive:     proc.Owner(owner).Alive(),
 			Cursor:    s.cursor.Load(),
 			Received:  s.received.Load(),
 			Lost:      s.lost.Load(),

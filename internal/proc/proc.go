@@ -78,3 +78,24 @@ func Alive(pid int, start uint32) bool {
 	err = syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
+
+// An Owner is a process identity packed into one 64-bit word for shared
+// tables: pid<<32 | the low 32 bits of its start time. 0 means "nobody".
+type Owner uint64
+
+// OwnerOf packs pid and start time into an Owner.
+func OwnerOf(pid int, start uint64) Owner {
+	return Owner(uint64(uint32(pid))<<32 | uint64(uint32(start)))
+}
+
+// Self returns this process's Owner.
+func Self() Owner { return OwnerOf(os.Getpid(), SelfStartTime()) }
+
+// PID returns the owner's process id.
+func (o Owner) PID() int { return int(uint64(o) >> 32) }
+
+// Start returns the low 32 bits of the owner's start time.
+func (o Owner) Start() uint32 { return uint32(o) }
+
+// Alive reports whether the owner process still runs (see Alive).
+func (o Owner) Alive() bool { return Alive(o.PID(), o.Start()) }

@@ -49,3 +49,11 @@ func TestAlive(t *testing.T) {
 	require.NoError(t, cmd.Run())
 	assert.False(t, Alive(cmd.Process.Pid, 0), "an exited, reaped child is not alive")
 }
+
+func TestOwnerWord(t *testing.T) {
+	w := OwnerOf(123456, 0x1_2345_6789)
+	assert.Equal(t, 123456, w.PID())
+	assert.Equal(t, uint32(0x2345_6789), w.Start())
+	assert.True(t, Self().Alive())
+	assert.Equal(t, os.Getpid(), Self().PID())
+}
