@@ -493,22 +493,7 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 	if rd.closed || rd.ring.closed.Load() {
 		return ErrClosed
 	}
-	ctl := rd.ring.ctl
-	if ctx.Done() != nil {
-		woken := make(chan struct{})
-		stop := context.AfterFunc(ctx, func() {
-			defer close(woken)
-			ctl.wakeGen.Add(1) // make a sleeper's futex word stale, then wake it
-			shm.Wake(&ctl.wakeGen)
-		})
-		// If the wake-up has started, let it finish before we return: the
-		// caller may close the ring (and unmap ctl) as soon as we do.
-		defer func() {
-			if !stop() {
-				<-woken
-			}
-		}()
-	}
+	defer rd.ring.wakeOnDone(ctx)()
 	var deadline time.Time
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
@@ -552,15 +537,79 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 }
 
 // sleep re-checks the ring and sleeps on wakeGen for at most d (d <= 0: no
-// limit) unless the reader's state is no longer want or ctx has ended. It
-// returns os.ErrDeadlineExceeded on timeout and a futex failure as is. The
-// protocol is described at Ring.wake.
+// limit) unless the reader's state is no longer want or ctx has ended.
 func (rd *Reader) sleep(ctx context.Context, want peekState, d time.Duration) error {
-	ctl := rd.ring.ctl
+	return rd.ring.sleep(ctx, rd.slot, func() bool { return rd.peek() != want }, d)
+}
+
+// WaitNext blocks until the ring holds a record with sequence number seq or
+// later (it has been claimed, not necessarily committed), ctx ends, or
+// timeout passes (timeout <= 0: no limit). Unlike the reader's other
+// methods it may run on another goroutine while one reads: it is for
+// callers that read under their own lock and sleep without holding it. It
+// returns ctx.Err() or os.ErrDeadlineExceeded when it gives up.
+func (rd *Reader) WaitNext(ctx context.Context, seq uint64, timeout time.Duration) error {
+	r := rd.ring
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	defer r.wakeOnDone(ctx)()
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	ready := func() bool { return r.ctl.seqTail.Load() > seq } // acquire: pairs with the producers' fetch-add
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if ready() {
+			return nil
+		}
+		sleep := time.Duration(0)
+		if !deadline.IsZero() {
+			if sleep = time.Until(deadline); sleep <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+		}
+		if err := r.sleep(ctx, rd.slot, ready, sleep); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+	}
+}
+
+// wakeOnDone arranges for ctx's end to wake every sleeper on the ring, so
+// that a sleeper of ours returns. The function it returns must be called
+// before the caller returns: it waits for a wake-up under way, since the
+// caller may close the ring (and unmap ctl) as soon as it returns.
+func (r *Ring) wakeOnDone(ctx context.Context) func() {
+	if ctx.Done() == nil {
+		return func() {}
+	}
+	ctl := r.ctl
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
+		ctl.wakeGen.Add(1) // make a sleeper's futex word stale, then wake it
+		shm.Wake(&ctl.wakeGen)
+	})
+	return func() {
+		if !stop() {
+			<-woken
+		}
+	}
+}
+
+// sleep sleeps on wakeGen for at most d (d <= 0: no limit) unless ready()
+// or ctx has ended. It returns os.ErrDeadlineExceeded on timeout and a
+// futex failure as is. slot, if not nil, shows operators that we sleep. The
+// protocol is described at Ring.wake.
+func (r *Ring) sleep(ctx context.Context, slot *readerSlot, ready func() bool, d time.Duration) error {
+	ctl := r.ctl
 	for range 8 {
 		ctl.sleeping.Store(1) // full barrier: producers committing after this see it
 		gen := ctl.wakeGen.Load()
-		if rd.peek() != want {
+		if ready() {
 			return nil
 		}
 		if ctl.sleeping.Load() == 0 {
@@ -571,12 +620,12 @@ func (rd *Reader) sleep(ctx context.Context, want peekState, d time.Duration) er
 		if ctx.Err() != nil {
 			return nil
 		}
-		if rd.slot != nil {
-			rd.slot.waiting.Store(1) // for operators only
+		if slot != nil {
+			slot.waiting.Store(1) // for operators only
 		}
 		err := shm.Wait(&ctl.wakeGen, gen, d)
-		if rd.slot != nil {
-			rd.slot.waiting.Store(0)
+		if slot != nil {
+			slot.waiting.Store(0)
 		}
 		return err
 	}
@@ -614,6 +663,15 @@ func minPositive(a, b time.Duration) time.Duration {
 		return b
 	}
 	return min(a, b)
+}
+
+// Sync publishes the reader's cursor and counters to its registry slot now
+// (Read does it every 64 refills and before sleeping), for readers that
+// sleep through WaitNext.
+func (rd *Reader) Sync() {
+	if rd.slot != nil && !rd.closed {
+		rd.publish()
+	}
 }
 
 // publish copies the reader's cursor and counters into its registry slot.

@@ -364,6 +364,10 @@ func (r *Ring) wake() {
 	shm.Wake(&r.ctl.wakeGen)
 }
 
+// Next returns the next sequence number to be claimed: the number of
+// records ever claimed.
+func (r *Ring) Next() uint64 { return r.ctl.seqTail.Load() } // snapshot
+
 // Counters are the ring-wide counters kept in the region.
 type Counters struct {
 	// Next is the next sequence number to be claimed: the number of records

@@ -1,0 +1,816 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shmring/shmring/ring"
+	"github.com/shmring/shmring/shm"
+)
+
+// Source is the source of the events the bus itself posts.
+const Source = "shmring"
+
+// Names of the events the bus posts under Source.
+const (
+	// EventStarted is posted by Open: a process joined the bus.
+	EventStarted = "started"
+	// EventStopping is posted by Close: a process is leaving the bus.
+	EventStopping = "stopping"
+)
+
+// Defaults for the zero Options fields.
+const (
+	DefaultTimeout      = 2 * time.Second
+	DefaultInterval     = time.Second
+	DefaultWaitInterval = ring.DefaultWaitInterval
+	DefaultWaitMax      = ring.DefaultWaitMax
+	// DefaultSize and DefaultSlots are the ring's geometry when a bus
+	// creates the region: 4 MiB of event data, 16384 events at most.
+	DefaultSize  = shm.DefaultDataBytes
+	DefaultSlots = shm.DefaultIndexSlots
+)
+
+// Mode says how a bus runs handlers for events from the ring.
+type Mode int
+
+const (
+	// Wake runs a poller goroutine that sleeps on the region's futex and
+	// handles events within microseconds of their commit, using no CPU
+	// while idle. The default.
+	Wake Mode = iota
+	// Timer runs a poller goroutine that polls every Interval.
+	Timer
+	// Spin runs a poller goroutine that polls without sleeping: the lowest
+	// latency, at the price of a busy core.
+	Spin
+	// Manual runs no goroutine: handlers run only inside Poll, Post,
+	// PostUnique and PostLocal, in the caller's goroutine.
+	Manual
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Wake:
+		return "wake"
+	case Timer:
+		return "timer"
+	case Spin:
+		return "spin"
+	case Manual:
+		return "manual"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// StartAt says where a bus starts reading the ring: Latest, Oldest or
+// AtSeq(n).
+type StartAt = ring.Start
+
+var (
+	// Latest starts after the newest event: the bus sees only events
+	// posted from now on (its own "started" among them). The default.
+	Latest = ring.Latest
+	// Oldest starts at the oldest event still in the ring.
+	Oldest = ring.Oldest
+)
+
+// AtSeq starts at sequence seq, typically a Cursor saved before a restart:
+// the bus neither repeats nor misses an event still in the ring, and counts
+// in Stats.Lost those that have left it.
+func AtSeq(seq uint64) StartAt { return ring.AtSeq(seq) }
+
+// Options configure Open. The zero value of every field but Path takes its
+// default.
+type Options struct {
+	// Path is the region file, created if absent.
+	Path string
+	// Size is the ring's data bytes when the file is created: a power of two
+	// (default 4 MiB). The largest event is a quarter of it.
+	Size int
+	// Slots is the number of index entries when the file is created: the
+	// most events the ring holds at once; a power of two (default 16384).
+	Slots int
+	// UniqueSlots is the unique table's size when the file is created
+	// (default 1024): how many distinct unique keys can be live at once.
+	UniqueSlots int
+	// Perm is a new file's mode (default 0600).
+	Perm os.FileMode
+	// Timeout is how long, from the claim, later events with the same
+	// unique key are ignored (default 2s). Processes sharing a ring should
+	// agree on it.
+	Timeout time.Duration
+	// Interval is the Timer mode's poll period (default 1s).
+	Interval time.Duration
+	// WaitInterval is how often an entry that is claimed but not yet
+	// written is retried (default 10ms).
+	WaitInterval time.Duration
+	// WaitMax is how long such an entry is waited for before it is skipped
+	// for every process and counted in Stats.Abandoned (default 500ms).
+	WaitMax time.Duration
+	// Mode is how handlers are run (default Wake).
+	Mode Mode
+	// StartAt is where the bus starts reading (default Latest).
+	StartAt StartAt
+	// Logger receives handler panics and skipped records (default
+	// slog.Default()).
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.Path == "" {
+		return fmt.Errorf("%w: Path is empty", ErrOptions)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"Timeout", &o.Timeout, DefaultTimeout},
+		{"Interval", &o.Interval, DefaultInterval},
+		{"WaitInterval", &o.WaitInterval, DefaultWaitInterval},
+		{"WaitMax", &o.WaitMax, DefaultWaitMax},
+	} {
+		if *d.v < 0 {
+			return fmt.Errorf("%w: %s is negative (%v)", ErrOptions, d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if o.Size < 0 || o.Slots < 0 || o.UniqueSlots < 0 || o.UniqueSlots > shm.MaxUniqueSlots {
+		return fmt.Errorf("%w: negative or too large Size, Slots or UniqueSlots", ErrOptions)
+	}
+	if o.Mode < Wake || o.Mode > Manual {
+		return fmt.Errorf("%w: unknown mode %v", ErrOptions, o.Mode)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Result is the outcome of a poll.
+type Result int
+
+const (
+	// Done: every pending event, up to and including the one just posted,
+	// has been handled.
+	Done Result = iota + 1
+	// Recursive: a poll was already running on this bus (the caller is a
+	// handler, or runs beside one); the event is posted and that poll will
+	// handle it.
+	Recursive
+)
+
+func (r Result) String() string {
+	switch r {
+	case Done:
+		return "done"
+	case Recursive:
+		return "recursive"
+	}
+	return fmt.Sprintf("Result(%d)", int(r))
+}
+
+// Event is one event as handlers see it.
+//
+// The *Event and its Data are the bus's, valid only until the handler
+// returns, and shared by every handler of the event: read them, do not
+// modify them, and Clone the event to keep it.
+type Event struct {
+	Source, Name string
+	Data         []byte
+	Unique       string    // the unique key, or ""
+	PID          int       // the posting process
+	Seq          uint64    // the ring's sequence number; 0 for a local event
+	Posted       time.Time // when the poster posted it (its wall clock)
+	Local        bool      // posted with PostLocal, by this process
+}
+
+// Clone returns a copy of e that the caller owns.
+func (e *Event) Clone() *Event {
+	c := *e
+	c.Data = append([]byte(nil), e.Data...)
+	return &c
+}
+
+// Stats are a bus's counters. Every global event the bus moved past is in
+// exactly one of Received, Lost and Abandoned (Corrupt and Malformed are part
+// of Lost's and Received's detail, as documented on each).
+type Stats struct {
+	Posted        uint64 // events this bus published to the ring
+	Received      uint64 // global events read from the ring (Malformed included)
+	Handled       uint64 // handler calls that returned (Subscribe deliveries included)
+	Lost          uint64 // events this bus never saw: lapped, overwritten, or corrupt
+	Abandoned     uint64 // entries skipped because their poster never finished writing them
+	Dropped       uint64 // events a Subscribe channel had no room for
+	HandlerPanics uint64 // handler calls that panicked (recovered and logged)
+	Lag           uint64 // events posted that this bus has still to handle
+	// Beyond the model:
+	Local         uint64 // events posted with PostLocal
+	Corrupt       uint64 // of Lost: entries that failed the ring's checks
+	Malformed     uint64 // of Received: records that were not valid events (skipped)
+	UniqueRun     uint64 // unique events this process won and ran
+	UniqueIgnored uint64 // unique events another process ran, or follow-ups within Timeout
+	UniqueFull    uint64 // unique events skipped because the unique table was full
+}
+
+// Bus is one process's handle on the shared event ring. Its methods may be
+// called from any goroutine.
+type Bus struct {
+	opts   Options
+	ring   *ring.Ring
+	uniq   *uniqueTable
+	pid    int
+	cursor atomic.Uint64 // rd.Cursor() after the last record handled
+
+	// life is read-held by every call that touches the ring and
+	// write-held by Close, so Close never unmaps under a running call.
+	life       sync.RWMutex
+	closing    atomic.Bool // Close has begun
+	closed     atomic.Bool // Close has posted "stopping": new calls fail
+	deferClose atomic.Bool // Close left its teardown to the running poll
+
+	// pollMu is held by whoever reads the ring; dispatching is true while
+	// that holder runs handlers (see Poll).
+	pollMu      sync.Mutex
+	dispatching atomic.Bool
+	rd          *ring.Reader
+	names       interner
+	ev          Event
+	local       localQueue
+
+	regMu    sync.Mutex
+	handlers atomic.Pointer[[]*Registration] // copy on write under regMu
+	subs     map[*subscription]struct{}      // under regMu
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	poller sync.WaitGroup
+
+	stats struct {
+		posted, received, handled, dropped, panics, local atomic.Uint64
+		malformed, uniqueRun, uniqueIgnored, uniqueFull   atomic.Uint64
+		lost, abandoned, corrupt                          atomic.Uint64 // mirrors of the reader's
+	}
+}
+
+// Open opens the bus on the region at opts.Path, creating the file if it does
+// not exist, posts a "started" event under Source and, unless opts.Mode is
+// Manual, starts the poller goroutine. A file that is not a ring gives an
+// error wrapping ErrNotRing (or another of shm's open errors) and naming the
+// path.
+func Open(opts Options) (*Bus, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	r, err := ring.Open(opts.Path, shm.Options{
+		Geometry: shm.Geometry{
+			IndexSlots:  uint32(opts.Slots),
+			DataBytes:   uint64(opts.Size),
+			UniqueSlots: uint32(opts.UniqueSlots),
+		},
+		Perm: opts.Perm,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("events: open: %w", err)
+	}
+	uniq, err := newUniqueTable(r.Region().Unique(), opts.WaitMax)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
+	}
+	rd, err := r.NewReader(ring.ReaderOptions{
+		Start:        opts.StartAt,
+		WaitInterval: opts.WaitInterval,
+		WaitMax:      opts.WaitMax,
+	})
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
+	}
+	b := &Bus{opts: opts, ring: r, uniq: uniq, pid: os.Getpid(), rd: rd, subs: map[*subscription]struct{}{}}
+	b.cursor.Store(rd.Cursor())
+	b.handlers.Store(new([]*Registration))
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	if _, err := b.publish(Source, EventStarted, "", nil); err != nil {
+		b.cancel()
+		r.Close()
+		return nil, fmt.Errorf("events: open %s: post %q: %w", opts.Path, EventStarted, err)
+	}
+	if opts.Mode != Manual {
+		b.poller.Add(1)
+		go b.run()
+	}
+	return b, nil
+}
+
+// Close posts a "stopping" event under Source, stops the poller, waits for
+// calls in flight and releases the region. Events still pending are not
+// handled. Close is idempotent; afterwards every method returns ErrClosed
+// (Register and Subscribe return inert values).
+//
+// Close may be called from a handler. Then, and whenever it is called while
+// handlers run, it returns at once and the running poll releases the region
+// as soon as its current handler returns.
+func (b *Bus) Close() error {
+	if !b.closing.CompareAndSwap(false, true) {
+		return nil
+	}
+	// Best effort: a full or damaged ring must not keep a process from
+	// closing.
+	_, postErr := b.publish(Source, EventStopping, "", nil)
+	if postErr != nil {
+		postErr = fmt.Errorf("events: close %s: post %q: %w", b.opts.Path, EventStopping, postErr)
+	}
+	b.closed.Store(true) // new calls fail from here on
+	b.cancel()           // wakes the poller and any Wait in a poll
+	if !b.pollMu.TryLock() {
+		if b.dispatching.Load() {
+			// Handlers are running; our caller may be one of them, so
+			// waiting could deadlock. Leave the rest to the poll: it
+			// checks deferClose after it unlocks.
+			b.deferClose.Store(true)
+			if !b.pollMu.TryLock() {
+				return postErr // still held: its holder will see deferClose
+			}
+			b.pollMu.Unlock()
+			if !b.deferClose.CompareAndSwap(true, false) {
+				return postErr // the holder took it over meanwhile
+			}
+		}
+	} else {
+		b.pollMu.Unlock()
+	}
+	return errors.Join(postErr, b.teardown(false))
+}
+
+// afterPoll runs after a poll has released pollMu: it finishes a Close that
+// was called while that poll ran handlers.
+func (b *Bus) afterPoll(onPoller bool) {
+	if b.deferClose.Load() && b.deferClose.CompareAndSwap(true, false) {
+		if err := b.teardown(onPoller); err != nil {
+			b.opts.Logger.Error("events: close failed", "path", b.opts.Path, "err", err)
+		}
+	}
+}
+
+// teardown releases everything once closed is set. onPoller says it runs
+// on the poller goroutine, which then must not wait for itself.
+func (b *Bus) teardown(onPoller bool) error {
+	if !onPoller {
+		b.poller.Wait()
+	}
+	b.life.Lock() // waits for posts in flight; later ones see closed
+	defer b.life.Unlock()
+	b.pollMu.Lock()
+	defer b.pollMu.Unlock()
+	b.regMu.Lock()
+	for s := range b.subs {
+		s.close()
+	}
+	b.subs = nil
+	b.regMu.Unlock()
+	err := b.rd.Close()
+	if cerr := b.ring.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("events: close %s: %w", b.opts.Path, err)
+	}
+	return nil
+}
+
+// Path returns the region file's path.
+func (b *Bus) Path() string { return b.opts.Path }
+
+// Options returns the options the bus runs with, defaults filled in.
+func (b *Bus) Options() Options { return b.opts }
+
+// MaxData returns the most data bytes an event with this source, name and
+// unique key can carry.
+func (b *Bus) MaxData(source, name, unique string) int {
+	return max(0, b.ring.MaxRecord()-encodedSize(source, name, unique, nil))
+}
+
+func checkNames(source, name string) error {
+	switch {
+	case source == "":
+		return ErrNoSource
+	case name == "":
+		return ErrNoName
+	case len(source) > MaxNameLen || len(name) > MaxNameLen:
+		return fmt.Errorf("%w: source or name longer than %d bytes", ErrTooBig, MaxNameLen)
+	}
+	return nil
+}
+
+// Publish appends an event to the ring and returns its sequence number,
+// without polling: for hot producers and tools. Handlers in this process
+// see it when the bus next polls.
+func (b *Bus) Publish(source, name string, data []byte) (seq uint64, err error) {
+	return b.publish(source, name, "", data)
+}
+
+func (b *Bus) publish(source, name, unique string, data []byte) (uint64, error) {
+	if err := checkNames(source, name); err != nil {
+		return 0, err
+	}
+	if len(unique) > MaxNameLen {
+		return 0, fmt.Errorf("%w: unique key longer than %d bytes", ErrTooBig, MaxNameLen)
+	}
+	n := encodedSize(source, name, unique, data)
+	b.life.RLock()
+	defer b.life.RUnlock()
+	if b.closed.Load() {
+		return 0, ErrClosed
+	}
+	posted := time.Now().UnixNano()
+	seq, err := b.ring.AppendFunc(n, func(dst []byte) {
+		encode(dst, source, name, unique, data, b.pid, posted)
+	})
+	if err != nil {
+		if errors.Is(err, ring.ErrTooBig) {
+			return 0, fmt.Errorf("events: %s/%s: %d data bytes, at most %d fit: %w",
+				source, name, len(data), b.MaxData(source, name, unique), ErrTooBig)
+		}
+		return 0, fmt.Errorf("events: post %s/%s: %w", source, name, err)
+	}
+	b.stats.posted.Add(1)
+	return seq, nil
+}
+
+// Post publishes an event to every process on the ring, this one included,
+// then polls, so that when it returns Done this process has handled every
+// event up to and including its own. It returns Recursive when a poll was
+// already running on the bus (a handler posted, or the poller goroutine was
+// busy): the event is posted and that poll handles it.
+func (b *Bus) Post(source, name string, data []byte) (Result, error) {
+	if _, err := b.publish(source, name, "", data); err != nil {
+		return 0, err
+	}
+	return b.Poll()
+}
+
+// PostUnique posts an event that exactly one process runs handlers for: the
+// first to poll it among those with a matching handler. Every later event
+// with the same unique key is ignored by every process until opts.Timeout
+// has passed since that claim. It returns ErrUniqueTableFull, without
+// posting, if the region's unique table has no room for the key.
+func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Result, error) {
+	if unique == "" {
+		return 0, ErrNoUnique
+	}
+	if err := checkNames(source, name); err != nil {
+		return 0, err
+	}
+	if err := b.checkRoom(unique); err != nil {
+		return 0, err
+	}
+	if _, err := b.publish(source, name, unique, data); err != nil {
+		return 0, err
+	}
+	return b.Poll()
+}
+
+func (b *Bus) checkRoom(unique string) error {
+	b.life.RLock()
+	defer b.life.RUnlock()
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	ok, err := b.uniq.room(keyHash(unique), b.evictBefore)
+	if err != nil {
+		return fmt.Errorf("events: post unique %q: %w", unique, err)
+	}
+	if !ok {
+		return fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, ErrUniqueTableFull)
+	}
+	return nil
+}
+
+// evictBefore returns the sequence before which no process can poll an
+// event any more: the oldest still in the ring, or the cursor of the
+// slowest live reader if that is earlier. A unique key whose event lies
+// before it, and which has expired, may give its entry to another key.
+func (b *Bus) evictBefore() uint64 {
+	s := b.ring.Oldest()
+	for _, ri := range b.ring.Readers() {
+		if ri.Alive && ri.Cursor < s {
+			s = ri.Cursor
+		}
+	}
+	return s
+}
+
+// PostLocal runs an event through this process's handlers only; it never
+// touches the shared region. Like Post it then polls and returns the poll's
+// result. The bus keeps its own copy of data.
+func (b *Bus) PostLocal(source, name string, data []byte) (Result, error) {
+	if err := checkNames(source, name); err != nil {
+		return 0, err
+	}
+	if b.closed.Load() {
+		return 0, ErrClosed
+	}
+	e := &Event{
+		Source: source, Name: name, Data: append([]byte(nil), data...),
+		PID: b.pid, Posted: time.Now(), Local: true,
+	}
+	b.local.push(e)
+	b.stats.local.Add(1)
+	return b.Poll()
+}
+
+// Poll handles every pending event: the ring's, then local ones, until both
+// are empty, and returns Done. An entry that is claimed but not yet written
+// is retried every WaitInterval and skipped after WaitMax, so Poll may block
+// that long behind a poster that died mid-write.
+//
+// A Poll that finds another running on the bus returns Recursive at once if
+// that one is running handlers (the caller may be one of them; the running
+// poll reads on after its handlers return, so it handles what the caller
+// posted). Otherwise it waits for it and then polls itself.
+func (b *Bus) Poll() (Result, error) { return b.poll(false) }
+
+func (b *Bus) poll(onPoller bool) (Result, error) {
+	if b.closed.Load() {
+		return 0, ErrClosed
+	}
+	// The poller is never a handler, so it may always wait.
+	if onPoller {
+		b.pollMu.Lock()
+	} else if !b.pollMu.TryLock() {
+		// dispatching is true during every handler call, so a handler of
+		// this bus never sees false here: waiting is safe only then.
+		if b.dispatching.Load() {
+			return Recursive, nil
+		}
+		b.pollMu.Lock()
+	}
+	err := ErrClosed
+	if !b.closed.Load() {
+		err = b.drain()
+	}
+	b.pollMu.Unlock()
+	b.afterPoll(onPoller)
+	if err != nil {
+		return 0, err
+	}
+	return Done, nil
+}
+
+// drain reads until the ring and the local queue are empty. It runs under
+// pollMu.
+func (b *Bus) drain() error {
+	defer b.mirrorReaderStats()
+	for !b.closed.Load() { // a handler may close the bus
+		rec, err := b.rd.Read()
+		switch {
+		case err == nil:
+			b.handleRecord(rec)
+			b.cursor.Store(b.rd.Cursor())
+			continue
+		case errors.Is(err, ring.ErrEmpty):
+			b.cursor.Store(b.rd.Cursor()) // it may have moved past skipped entries
+			if e := b.local.pop(); e != nil {
+				b.dispatch(e)
+				continue
+			}
+			return nil
+		case errors.Is(err, ring.ErrPending):
+			// Sleep until the entry commits or WaitInterval passes; Read
+			// abandons it once WaitMax has passed.
+			if werr := b.rd.Wait(b.ctx, b.opts.WaitInterval); werr != nil && !errors.Is(werr, os.ErrDeadlineExceeded) {
+				if b.ctx.Err() != nil {
+					return ErrClosed
+				}
+				return fmt.Errorf("events: poll %s: %w", b.opts.Path, werr)
+			}
+		default:
+			return fmt.Errorf("events: poll %s: %w", b.opts.Path, err)
+		}
+	}
+	return ErrClosed
+}
+
+// mirrorReaderStats copies the reader's counters, which only the pollMu
+// holder may read, to where Stats can.
+func (b *Bus) mirrorReaderStats() {
+	b.rd.Sync()
+	st := b.rd.Stats()
+	b.stats.lost.Store(st.Lost + st.Corrupt)
+	b.stats.corrupt.Store(st.Corrupt)
+	b.stats.abandoned.Store(st.Abandoned)
+}
+
+func (b *Bus) handleRecord(rec ring.Record) {
+	b.stats.received.Add(1)
+	w, err := decode(rec.Data)
+	if err != nil {
+		b.stats.malformed.Add(1)
+		b.opts.Logger.Warn("events: skipped a record that is not an event", "path", b.opts.Path, "seq", rec.Seq, "err", err)
+		return
+	}
+	e := &b.ev
+	*e = Event{
+		Source: b.names.get(w.source),
+		Name:   b.names.get(w.name),
+		Data:   w.data,
+		PID:    int(w.pid),
+		Seq:    rec.Seq,
+		Posted: time.Unix(0, w.posted),
+	}
+	if len(w.unique) > 0 {
+		e.Unique = string(w.unique)
+		if !b.claimUnique(e) {
+			return
+		}
+	}
+	b.dispatch(e)
+}
+
+// claimUnique decides whether this process runs the unique event e. A
+// process with no handler for e does not compete for it.
+func (b *Bus) claimUnique(e *Event) bool {
+	if !b.anyMatch(e) {
+		return false
+	}
+	res, err := b.uniq.claim(keyHash(e.Unique), e.Seq, b.opts.Timeout, b.evictBefore)
+	if err != nil {
+		// Neither run nor claimed: the event runs nowhere rather than
+		// possibly twice. Counted and logged.
+		b.stats.uniqueFull.Add(1)
+		b.opts.Logger.Error("events: skipped a unique event", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique, "err", err)
+		return false
+	}
+	switch res {
+	case claimWon:
+		b.stats.uniqueRun.Add(1)
+		return true
+	case claimFull:
+		b.stats.uniqueFull.Add(1)
+		b.opts.Logger.Error("events: skipped a unique event: the unique table is full", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique)
+		return false
+	default:
+		b.stats.uniqueIgnored.Add(1)
+		return false
+	}
+}
+
+func (b *Bus) anyMatch(e *Event) bool {
+	for _, r := range *b.handlers.Load() {
+		if r.active.Load() && r.matches(e) {
+			return true
+		}
+	}
+	return false
+}
+
+// dispatch runs e through the handlers registered now.
+func (b *Bus) dispatch(e *Event) {
+	b.dispatching.Store(true) // before any handler runs: see Poll
+	defer b.dispatching.Store(false)
+	for _, r := range *b.handlers.Load() {
+		// active is checked per call, so Unregister takes effect for the
+		// next handler call even within this event.
+		if r.active.Load() && r.matches(e) {
+			b.call(r, e)
+		}
+	}
+}
+
+func (b *Bus) call(r *Registration, e *Event) {
+	defer func() {
+		if p := recover(); p != nil {
+			b.stats.panics.Add(1)
+			buf := make([]byte, 4<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			b.opts.Logger.Error("events: handler panicked", "path", b.opts.Path,
+				"source", e.Source, "name", e.Name, "seq", e.Seq, "panic", fmt.Sprint(p), "stack", string(buf))
+		}
+	}()
+	r.fn(e)
+	if !r.sub {
+		b.stats.handled.Add(1)
+	}
+}
+
+// run is the poller goroutine of the Wake, Timer and Spin modes.
+func (b *Bus) run() {
+	defer b.poller.Done()
+	var tick *time.Ticker
+	if b.opts.Mode == Timer {
+		tick = time.NewTicker(b.opts.Interval)
+		defer tick.Stop()
+	}
+	for b.ctx.Err() == nil {
+		if _, err := b.poll(true); err != nil {
+			if b.ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return
+			}
+			b.opts.Logger.Error("events: poll failed", "path", b.opts.Path, "err", err)
+			if errors.Is(err, ring.ErrFault) {
+				return // the mapping is gone; every later poll would fail too
+			}
+		}
+		switch b.opts.Mode {
+		case Wake:
+			if err := b.rd.WaitNext(b.ctx, b.cursor.Load(), 0); err != nil && b.ctx.Err() == nil {
+				b.opts.Logger.Error("events: wait failed", "path", b.opts.Path, "err", err)
+				select {
+				case <-b.ctx.Done():
+				case <-time.After(b.opts.WaitInterval): // do not spin on a failing wait
+				}
+			}
+		case Timer:
+			select {
+			case <-b.ctx.Done():
+			case <-tick.C:
+			}
+		case Spin:
+			if b.cursor.Load() >= b.ring.Next() {
+				runtime.Gosched()
+			}
+		}
+	}
+}
+
+// Cursor returns the sequence number of the next ring event this bus will
+// read. A bus opened later with StartAt AtSeq(Cursor()) neither re-runs nor
+// misses an event still in the ring.
+func (b *Bus) Cursor() uint64 { return b.cursor.Load() }
+
+// Stats returns the bus's counters.
+func (b *Bus) Stats() Stats {
+	s := Stats{
+		Posted:        b.stats.posted.Load(),
+		Received:      b.stats.received.Load(),
+		Handled:       b.stats.handled.Load(),
+		Lost:          b.stats.lost.Load(),
+		Abandoned:     b.stats.abandoned.Load(),
+		Dropped:       b.stats.dropped.Load(),
+		HandlerPanics: b.stats.panics.Load(),
+		Local:         b.stats.local.Load(),
+		Corrupt:       b.stats.corrupt.Load(),
+		Malformed:     b.stats.malformed.Load(),
+		UniqueRun:     b.stats.uniqueRun.Load(),
+		UniqueIgnored: b.stats.uniqueIgnored.Load(),
+		UniqueFull:    b.stats.uniqueFull.Load(),
+	}
+	b.life.RLock()
+	if !b.closed.Load() {
+		if next, c := b.ring.Next(), b.cursor.Load(); next > c {
+			s.Lag = next - c
+		}
+	}
+	b.life.RUnlock()
+	return s
+}
+
+// Unique returns the region's unique-table counters and its live keys.
+func (b *Bus) Unique() (UniqueStats, []UniqueKey, error) {
+	b.life.RLock()
+	defer b.life.RUnlock()
+	if b.closed.Load() {
+		return UniqueStats{}, nil, ErrClosed
+	}
+	st, keys := b.uniq.snapshot()
+	return st, keys, nil
+}
+
+// Ring returns the ring under the bus, for tools that inspect it. Closing
+// the bus closes it.
+func (b *Bus) Ring() *ring.Ring { return b.ring }
+
+// localQueue holds PostLocal events until a poll runs them.
+type localQueue struct {
+	mu sync.Mutex
+	q  []*Event
+}
+
+func (l *localQueue) push(e *Event) {
+	l.mu.Lock()
+	l.q = append(l.q, e)
+	l.mu.Unlock()
+}
+
+func (l *localQueue) pop() *Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.q) == 0 {
+		return nil
+	}
+	e := l.q[0]
+	l.q[0] = nil
+	l.q = l.q[1:]
+	return e
+}

@@ -1,0 +1,134 @@
+package events
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Wire format of one event, the payload of one ring record. Integers are
+// little-endian.
+//
+//	off   size  field
+//	0     1     format version (eventVersion)
+//	1     1     flags: bit 0 = the event carries a unique key; others zero
+//	2     2     source length S (1..MaxNameLen)
+//	4     2     name length N (1..MaxNameLen)
+//	6     2     unique-key length U (0 without a key, else 1..MaxNameLen)
+//	8     4     pid of the poster
+//	12    4     reserved, zero
+//	16    8     posted at, unix nanoseconds
+//	24    S     source
+//	24+S  N     name
+//	..    U     unique key
+//	..    rest  data (opaque bytes)
+//
+// Events posted with PostLocal never take this form: they stay in the
+// process.
+const (
+	eventVersion = 1
+	headerSize   = 24
+
+	flagUnique = 1 << 0
+
+	// MaxNameLen is the longest source, name or unique key, in bytes.
+	MaxNameLen = 1<<16 - 1
+)
+
+// errMalformed marks a ring record that is not a valid event. Only other
+// writers of the same ring (a foreign program, a damaged file) produce one;
+// the bus skips it and counts it in Stats.Malformed.
+var errMalformed = errors.New("events: malformed event record")
+
+// encodedSize returns the record size of an event.
+func encodedSize(source, name, unique string, data []byte) int {
+	return headerSize + len(source) + len(name) + len(unique) + len(data)
+}
+
+// encode writes the event into dst, which has exactly encodedSize bytes.
+func encode(dst []byte, source, name, unique string, data []byte, pid int, posted int64) {
+	_ = dst[headerSize-1] // one bounds check for the header
+	dst[0] = eventVersion
+	dst[1] = 0
+	if unique != "" {
+		dst[1] = flagUnique
+	}
+	binary.LittleEndian.PutUint16(dst[2:], uint16(len(source)))
+	binary.LittleEndian.PutUint16(dst[4:], uint16(len(name)))
+	binary.LittleEndian.PutUint16(dst[6:], uint16(len(unique)))
+	binary.LittleEndian.PutUint32(dst[8:], uint32(pid))
+	binary.LittleEndian.PutUint32(dst[12:], 0)
+	binary.LittleEndian.PutUint64(dst[16:], uint64(posted))
+	n := headerSize
+	n += copy(dst[n:], source)
+	n += copy(dst[n:], name)
+	n += copy(dst[n:], unique)
+	copy(dst[n:], data)
+}
+
+// wireEvent is a decoded record whose byte fields alias the record.
+type wireEvent struct {
+	source, name, unique, data []byte
+	pid                        uint32
+	posted                     int64
+}
+
+// decode parses a record. It never panics, whatever rec holds.
+func decode(rec []byte) (wireEvent, error) {
+	var w wireEvent
+	if len(rec) < headerSize {
+		return w, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", errMalformed, len(rec), headerSize)
+	}
+	if rec[0] != eventVersion {
+		return w, fmt.Errorf("%w: format version %d, want %d", errMalformed, rec[0], eventVersion)
+	}
+	flags := rec[1]
+	if flags&^flagUnique != 0 || binary.LittleEndian.Uint32(rec[12:]) != 0 {
+		return w, fmt.Errorf("%w: unknown flags or reserved bits set", errMalformed)
+	}
+	s := int(binary.LittleEndian.Uint16(rec[2:]))
+	n := int(binary.LittleEndian.Uint16(rec[4:]))
+	u := int(binary.LittleEndian.Uint16(rec[6:]))
+	if s == 0 || n == 0 || (u != 0) != (flags&flagUnique != 0) {
+		return w, fmt.Errorf("%w: empty source or name, or unique flag and key disagree", errMalformed)
+	}
+	if headerSize+s+n+u > len(rec) {
+		return w, fmt.Errorf("%w: field lengths %d+%d+%d exceed the %d-byte record", errMalformed, s, n, u, len(rec))
+	}
+	w.pid = binary.LittleEndian.Uint32(rec[8:])
+	w.posted = int64(binary.LittleEndian.Uint64(rec[16:]))
+	off := headerSize
+	w.source = rec[off : off+s : off+s]
+	off += s
+	w.name = rec[off : off+n : off+n]
+	off += n
+	w.unique = rec[off : off+u : off+u]
+	off += u
+	w.data = rec[off:len(rec):len(rec)]
+	return w, nil
+}
+
+// interner turns the few distinct source and name strings a bus sees into
+// shared strings without allocating per event. It is used only under the
+// poll lock.
+type interner struct {
+	m map[string]string
+}
+
+// maxInterned bounds the interner: a ring fed many distinct names (from a
+// buggy or hostile poster) must not grow this process's memory without end.
+const maxInterned = 4096
+
+func (in *interner) get(b []byte) string {
+	if s, ok := in.m[string(b)]; ok { // no allocation: the compiler spots the lookup
+		return s
+	}
+	s := string(b)
+	if in.m == nil {
+		in.m = make(map[string]string)
+	}
+	if len(in.m) < maxInterned {
+		in.m[s] = s
+	}
+	return s
+}

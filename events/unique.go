@@ -1,0 +1,286 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmring/shmring/internal/proc"
+	"github.com/shmring/shmring/shm"
+)
+
+// Unique table (shm.Region.Unique: U entries of shm.UniqueSlotSize = 32
+// bytes). Entry 0 is the table's header; entries 1..U-1 hold keys, placed by
+// open addressing (linear probing from hash mod (U-1)).
+//
+// Header, entry 0:
+//
+//	off  size  field   notes
+//	0    8     lock    proc.Owner of the process inside a claim; 0 = free
+//	8    8     claims  unique events that won their key (counter)
+//	16   8     full    unique events skipped because no entry was free (counter)
+//	24   8     steals  locks taken over from a holder that died (counter)
+//
+// Key entry:
+//
+//	off  size  field   notes
+//	0    8     hash    FNV-1a 64 of the key, never 0; 0 = never used
+//	8    8     seq     sequence number + 1 of the event that won the key
+//	16   8     expiry  CLOCK_MONOTONIC ns; until then later events with the key are ignored
+//	24   4     pid     the process that won it (for operators)
+//	28   4     reserved
+//
+// Every field is written only under lock, so a claim is a short critical
+// section of plain decisions rather than a lock-free protocol over several
+// words. Readers outside the lock (operators) see snapshots. Entries are
+// never emptied: a key's entry stays, with its winning sequence, after it
+// expires, so a process that polls the same event late still skips it. An
+// entry is reused for another key only when it has expired and its event
+// has left the ring (nobody can poll it any more). CLOCK_MONOTONIC is one
+// clock for every process of the machine and never jumps.
+
+type uniqueHeader struct {
+	lock   atomic.Uint64
+	claims atomic.Uint64
+	full   atomic.Uint64
+	steals atomic.Uint64
+}
+
+type uniqueEntry struct {
+	hash   atomic.Uint64
+	seq    atomic.Uint64
+	expiry atomic.Int64
+	pid    atomic.Uint32
+	_      uint32
+}
+
+func init() {
+	if unsafe.Sizeof(uniqueHeader{}) != shm.UniqueSlotSize || unsafe.Sizeof(uniqueEntry{}) != shm.UniqueSlotSize {
+		panic("events: unique table entry size disagrees with shm.UniqueSlotSize")
+	}
+}
+
+// uniqueTable is one process's view of the region's unique table.
+type uniqueTable struct {
+	hdr     *uniqueHeader
+	entries []uniqueEntry // entries[0] is the header's space; keys use 1..
+	me      proc.Owner
+	// lockWait bounds how long a claim waits for a live holder of the lock.
+	lockWait time.Duration
+}
+
+// errUniqueLock: a live process held the table's lock for longer than
+// lockWait (it is stopped, or the machine is overloaded).
+var errUniqueLock = errors.New("events: unique table lock held too long by a live process")
+
+func newUniqueTable(b []byte, lockWait time.Duration) (*uniqueTable, error) {
+	n := len(b) / shm.UniqueSlotSize
+	if n < 2 {
+		return nil, fmt.Errorf("%w: the region's unique table has %d entries, need at least 2", ErrUniqueTableFull, n)
+	}
+	entries := unsafe.Slice((*uniqueEntry)(unsafe.Pointer(&b[0])), n)
+	return &uniqueTable{
+		hdr:      (*uniqueHeader)(unsafe.Pointer(&b[0])),
+		entries:  entries,
+		me:       proc.Self(),
+		lockWait: lockWait,
+	}, nil
+}
+
+// keyHash is FNV-1a 64 of key, mapped away from 0 (the empty entry).
+func keyHash(key string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= 1099511628211
+	}
+	if h == 0 {
+		h = 1
+	}
+	return h
+}
+
+// monotonicNow returns CLOCK_MONOTONIC in nanoseconds.
+func monotonicNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
+	return ts.Nano()
+}
+
+func (t *uniqueTable) lock() error {
+	deadline := time.Now().Add(t.lockWait)
+	for spins := 0; ; spins++ {
+		// Full barrier: everything the previous holder wrote before its
+		// release is visible once we own the word.
+		if t.hdr.lock.CompareAndSwap(0, uint64(t.me)) {
+			return nil
+		}
+		if spins < 64 {
+			runtime.Gosched()
+			continue
+		}
+		owner := proc.Owner(t.hdr.lock.Load()) // snapshot; the CAS below decides
+		if owner != 0 && !owner.Alive() {
+			// The holder died inside its claim. Dead processes write
+			// nothing more, so taking over is safe; see claim for what it
+			// may have left half-written.
+			if t.hdr.lock.CompareAndSwap(uint64(owner), uint64(t.me)) {
+				t.hdr.steals.Add(1) // counter only
+				return nil
+			}
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (pid %d)", errUniqueLock, owner.PID())
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+func (t *uniqueTable) unlock() {
+	t.hdr.lock.Store(0) // release: our entry writes happen before the next holder's reads
+}
+
+// claimResult says what a claim decided.
+type claimResult int
+
+const (
+	claimWon      claimResult = iota // run the handlers
+	claimTaken                       // another process won this very event
+	claimFollowUp                    // an earlier event holds the key and has not expired
+	claimStale                       // a later event already holds the key: this poll is late
+	claimFull                        // no entry is free: skipped and counted
+)
+
+// probe finds key hash's entry, or the entry a new key would take (the first
+// never-used entry of the probe sequence, else the first reusable one). It
+// must run under the lock. oldest is called at most once, when a reusable
+// entry is needed.
+func (t *uniqueTable) probe(hash uint64, now int64, oldest func() uint64) (e *uniqueEntry, found bool) {
+	keys := t.entries[1:]
+	n := uint64(len(keys))
+	start := hash % n
+	var victim *uniqueEntry
+	oldestSeq, haveOldest := uint64(0), false
+	for i := uint64(0); i < n; i++ {
+		c := &keys[(start+i)%n]
+		h := c.hash.Load() // under the lock: plain reads of our own writes or the last holder's
+		if h == 0 {
+			return c, false // the end of every probe sequence through it
+		}
+		if h == hash {
+			return c, true
+		}
+		if victim == nil && c.expiry.Load() <= now {
+			if !haveOldest {
+				oldestSeq, haveOldest = oldest(), true
+			}
+			if s := c.seq.Load(); s != 0 && s-1 < oldestSeq {
+				victim = c
+			}
+		}
+	}
+	return victim, false
+}
+
+// claim decides whether this process runs the event seq with key hash, and
+// records the decision in the table.
+//
+// A process that dies inside the section leaves at most one entry half
+// written. The fields are written so that such an entry errs towards
+// running an event nowhere rather than twice: expiry first (follow-ups are
+// ignored), the winning sequence next, the key's hash last (a new binding
+// becomes visible only complete).
+func (t *uniqueTable) claim(hash, seq uint64, timeout time.Duration, oldest func() uint64) (claimResult, error) {
+	if err := t.lock(); err != nil {
+		return 0, err
+	}
+	defer t.unlock()
+	now := monotonicNow()
+	e, found := t.probe(hash, now, oldest)
+	if found {
+		s := e.seq.Load()
+		switch {
+		case s == seq+1:
+			return claimTaken, nil
+		case s > seq+1:
+			return claimStale, nil
+		case now < e.expiry.Load():
+			return claimFollowUp, nil
+		}
+	}
+	if e == nil {
+		t.hdr.full.Add(1) // counter only
+		return claimFull, nil
+	}
+	e.expiry.Store(now + int64(timeout))
+	e.pid.Store(uint32(t.me.PID()))
+	e.seq.Store(seq + 1)
+	if !found {
+		e.hash.Store(hash)
+	}
+	t.hdr.claims.Add(1) // counter only
+	return claimWon, nil
+}
+
+// room reports whether a claim for hash would find an entry now: the check
+// PostUnique makes before it posts.
+func (t *uniqueTable) room(hash uint64, oldest func() uint64) (bool, error) {
+	if err := t.lock(); err != nil {
+		return false, err
+	}
+	defer t.unlock()
+	e, _ := t.probe(hash, monotonicNow(), oldest)
+	return e != nil, nil
+}
+
+// UniqueKey is a snapshot of one entry of the unique table.
+type UniqueKey struct {
+	Hash uint64 // FNV-1a 64 of the key (the table keeps no key text)
+	Seq  uint64 // the event that won the key
+	PID  int    // the process that ran it
+	// Remaining is how long later events with the key are still ignored;
+	// zero or negative once the key has expired.
+	Remaining time.Duration
+}
+
+// UniqueStats are the unique table's counters, shared by every process.
+type UniqueStats struct {
+	Entries int    // key entries in the table
+	Used    int    // entries holding a key (live or expired)
+	Live    int    // keys still within their timeout
+	Claims  uint64 // unique events that ran (in one process each)
+	Full    uint64 // unique events skipped because the table was full
+	Steals  uint64 // locks taken over from a process that died holding one
+}
+
+// snapshot reads the table without the lock.
+func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
+	st := UniqueStats{
+		Entries: len(t.entries) - 1,
+		Claims:  t.hdr.claims.Load(), // snapshots for operators
+		Full:    t.hdr.full.Load(),
+		Steals:  t.hdr.steals.Load(),
+	}
+	now := monotonicNow()
+	var live []UniqueKey
+	for i := range t.entries[1:] {
+		e := &t.entries[1+i]
+		h := e.hash.Load() // snapshot: may mix a claim in progress
+		if h == 0 {
+			continue
+		}
+		st.Used++
+		rem := time.Duration(e.expiry.Load() - now)
+		if rem > 0 {
+			st.Live++
+			live = append(live, UniqueKey{Hash: h, Seq: e.seq.Load() - 1, PID: int(e.pid.Load()), Remaining: rem})
+		}
+	}
+	return st, live
+}
