@@ -15,6 +15,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/internal/testproc"
 	"github.com/shmring/shmring/ring"
 	"github.com/shmring/shmring/shm"
@@ -36,6 +37,12 @@ func TestHelperProcess(t *testing.T) {
 		"reader":      runReader,
 		"spsc-writer": runSPSCWriter,
 		"spsc-reader": runSPSCReader,
+
+		"latency-futex":       latencyReceiver(floorReceiver(FutexReceive)),
+		"latency-cacheline":   latencyReceiver(floorReceiver(CachelineReceive)),
+		"latency-events-wake": latencyReceiver(eventsReceiver(events.Wake)),
+		"latency-events-spin": latencyReceiver(eventsReceiver(events.Spin)),
+		"now":                 runNow,
 	})
 }
 
