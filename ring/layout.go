@@ -123,7 +123,6 @@ func seqMix(seq uint64) uint32 {
 	return uint32(h >> 32)
 }
 
-
 // view casts a byte slice to a slice of T. b must be aligned for T.
 func view[T any](b []byte) []T {
 	var zero T

@@ -522,6 +522,13 @@ func (rd *Reader) Wait(ctx context.Context, timeout time.Duration) error {
 				return nil // time to abandon it: Read does that
 			}
 			sleep = minPositive(sleep, min(rd.opts.WaitInterval, left))
+			// A live producer commits within a microsecond or so of its
+			// claim, and it woke us at the claim: sleeping now would cost
+			// a second wake-up (a system call on each side) for an entry
+			// that is about to be ready.
+			if rd.spinPending() {
+				return nil
+			}
 		}
 		err := rd.sleep(ctx, state, sleep)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -630,6 +637,24 @@ func (r *Ring) sleep(ctx context.Context, slot *readerSlot, ready func() bool, d
 		return err
 	}
 	return nil // the ring is busy: no need to sleep
+}
+
+// pendingSpin bounds how long Wait spins on an entry that is claimed but not
+// committed before it sleeps.
+const pendingSpin = 20 * time.Microsecond
+
+// spinPending re-checks a pending entry for up to pendingSpin and reports
+// whether it stopped being pending.
+func (rd *Reader) spinPending() bool {
+	start := time.Now()
+	for i := 1; ; i++ {
+		if rd.peek() != peekPending {
+			return true
+		}
+		if i%64 == 0 && time.Since(start) > pendingSpin {
+			return false
+		}
+	}
 }
 
 type peekState int
