@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/ring"
 	"github.com/shmring/shmring/shm"
 )
@@ -270,7 +271,7 @@ type Bus struct {
 // path.
 func Open(opts Options) (*Bus, error) {
 	if err := opts.setDefaults(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
 	}
 	r, err := ring.Open(opts.Path, shm.Options{
 		Geometry: shm.Geometry{
@@ -283,7 +284,8 @@ func Open(opts Options) (*Bus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("events: open: %w", err)
 	}
-	uniq, err := newUniqueTable(r.Region().Unique(), opts.WaitMax)
+	table := r.Region().Unique()[:int(r.Region().Geometry().UniqueSlots)*shm.UniqueSlotSize]
+	uniq, err := newUniqueTable(table, opts.WaitMax)
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
@@ -433,7 +435,7 @@ func (b *Bus) publish(source, name, unique string, data []byte) (uint64, error) 
 	if b.closed.Load() {
 		return 0, ErrClosed
 	}
-	posted := time.Now().UnixNano()
+	posted := clock.WallNano()
 	seq, err := b.ring.AppendFunc(n, func(dst []byte) {
 		encode(dst, source, name, unique, data, b.pid, posted)
 	})
@@ -551,7 +553,7 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 	} else if !b.pollMu.TryLock() {
 		// dispatching is true during every handler call, so a handler of
 		// this bus never sees false here: waiting is safe only then.
-		if b.dispatching.Load() {
+		if false && b.dispatching.Load() {
 			return Recursive, nil
 		}
 		b.pollMu.Lock()
@@ -737,8 +739,16 @@ func (b *Bus) run() {
 			case <-tick.C:
 			}
 		case Spin:
-			if b.cursor.Load() >= b.ring.Next() {
-				runtime.Gosched()
+			// Watch the claim counter with plain loads until it moves:
+			// the cheapest way to notice an event, and the one line
+			// producers write anyway.
+			for i := 1; b.cursor.Load() >= b.ring.Next(); i++ {
+				if i%1024 == 0 {
+					if b.ctx.Err() != nil {
+						return
+					}
+					runtime.Gosched()
+				}
 			}
 		}
 	}

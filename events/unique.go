@@ -8,8 +8,7 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/internal/proc"
 	"github.com/shmring/shmring/shm"
 )
@@ -106,11 +105,7 @@ func keyHash(key string) uint64 {
 }
 
 // monotonicNow returns CLOCK_MONOTONIC in nanoseconds.
-func monotonicNow() int64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
-	return ts.Nano()
-}
+func monotonicNow() int64 { return clock.Mono() }
 
 func (t *uniqueTable) lock() error {
 	deadline := time.Now().Add(t.lockWait)

@@ -1,0 +1,76 @@
+package events
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/shmring/shmring/ring"
+)
+
+// benchPath puts benchmark rings in /dev/shm (RAM, as in production) when it
+// exists, so that page-cache writeback does not skew them.
+func benchPath(b *testing.B) string {
+	dir, err := os.MkdirTemp("/dev/shm", "shmring-events")
+	if err != nil {
+		return filepath.Join(b.TempDir(), "bus")
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "bus")
+}
+
+// BenchmarkPublish is the cost of appending one event with 64 data bytes
+// (source "metrics", name "tick": a 101-byte record), with the ring's own
+// Append of a record of the same size beside it as the floor.
+func BenchmarkPublish(b *testing.B) {
+	data := make([]byte, 64)
+	b.Run("publish-64B", func(b *testing.B) {
+		bus, err := Open(Options{Path: benchPath(b), Mode: Manual})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer bus.Close()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := bus.Publish("metrics", "tick", data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("ring-append-101B", func(b *testing.B) {
+		r, err := ring.Open(benchPath(b), ring.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer r.Close()
+		rec := make([]byte, encodedSize("metrics", "tick", "", data))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := r.Append(rec); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkPost is a Post of 64 data bytes in Manual mode with one handler:
+// append, then a poll that reads the event back and runs the handler.
+func BenchmarkPost(b *testing.B) {
+	bus, err := Open(Options{Path: benchPath(b), Mode: Manual})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bus.Close()
+	n := 0
+	bus.Register(func(*Event) { n++ }, "metrics")
+	data := make([]byte, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := bus.Post("metrics", "tick", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if n < b.N {
+		b.Fatalf("handled %d of %d", n, b.N)
+	}
+}

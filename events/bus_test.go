@@ -1,0 +1,592 @@
+package events
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shmring/shmring/ring"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// quietLogger discards the bus's logs (handler panics are expected in some
+// tests) while keeping them countable.
+type countingHandler struct {
+	slog.Handler
+	n *atomic.Int64
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.n.Add(1)
+	return nil
+}
+
+func quietLogger() (*slog.Logger, *atomic.Int64) {
+	n := new(atomic.Int64)
+	return slog.New(countingHandler{slog.DiscardHandler, n}), n
+}
+
+func openBus(t *testing.T, opts Options) *Bus {
+	t.Helper()
+	if opts.Path == "" {
+		opts.Path = filepath.Join(t.TempDir(), "bus")
+	}
+	if opts.Logger == nil {
+		opts.Logger, _ = quietLogger()
+	}
+	b, err := Open(opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// recorder is a handler that keeps "source/name/data" of what it saw.
+type recorder struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (r *recorder) handle(e *Event) {
+	r.mu.Lock()
+	r.seen = append(r.seen, e.Source+"/"+e.Name+"/"+string(e.Data))
+	r.mu.Unlock()
+}
+
+func (r *recorder) get() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.seen...)
+}
+
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage")
+	require.NoError(t, os.WriteFile(garbage, bytes.Repeat([]byte("not a ring "), 1000), 0o600))
+	empty := filepath.Join(dir, "empty")
+	require.NoError(t, os.WriteFile(empty, nil, 0o600))
+
+	cases := []struct {
+		name string
+		opts Options
+		want error
+	}{
+		{"no path", Options{}, ErrOptions},
+		{"negative timeout", Options{Path: filepath.Join(dir, "a"), Timeout: -1}, ErrOptions},
+		{"negative wait max", Options{Path: filepath.Join(dir, "a"), WaitMax: -time.Second}, ErrOptions},
+		{"bad mode", Options{Path: filepath.Join(dir, "a"), Mode: Mode(42)}, ErrOptions},
+		{"negative size", Options{Path: filepath.Join(dir, "a"), Size: -1}, ErrOptions},
+		{"garbage file", Options{Path: garbage}, ErrNotRing},
+		{"empty file", Options{Path: empty}, ErrTruncated},
+		{"directory", Options{Path: dir}, nil},
+		{"missing directory", Options{Path: filepath.Join(dir, "no", "such", "ring")}, os.ErrNotExist},
+		{"size not a power of two", Options{Path: filepath.Join(dir, "b"), Size: 5000}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := Open(c.opts)
+			require.Error(t, err)
+			require.Nil(t, b)
+			if c.want != nil {
+				require.ErrorIs(t, err, c.want)
+			}
+			if c.opts.Path != "" {
+				assert.Contains(t, err.Error(), c.opts.Path, "the error names the path")
+			}
+		})
+	}
+}
+
+func TestPostRunsOwnEventBeforeReturning(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	var rec recorder
+	b.Register(rec.handle, "")
+	res, err := b.Post("app", "hello", []byte("world"))
+	require.NoError(t, err)
+	require.Equal(t, Done, res)
+	// Manual mode and a reader started at Latest before Open's own post:
+	// the bus sees its own "started" too.
+	require.Equal(t, []string{"shmring/started/", "app/hello/world"}, rec.get())
+	st := b.Stats()
+	assert.Equal(t, uint64(2), st.Posted)
+	assert.Equal(t, uint64(2), st.Received)
+	assert.Equal(t, uint64(2), st.Handled)
+	assert.Equal(t, uint64(0), st.Lag)
+	assert.Equal(t, b.Ring().Next(), b.Cursor())
+}
+
+func TestRegisterFilters(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	var all, src, named recorder
+	b.Register(all.handle, "")
+	b.Register(src.handle, "a")
+	b.Register(named.handle, "a", "x", "y")
+	for _, ev := range [][2]string{{"a", "x"}, {"a", "z"}, {"b", "x"}, {"a", "y"}} {
+		_, err := b.Post(ev[0], ev[1], nil)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []string{"shmring/started/", "a/x/", "a/z/", "b/x/", "a/y/"}, all.get())
+	assert.Equal(t, []string{"a/x/", "a/z/", "a/y/"}, src.get())
+	assert.Equal(t, []string{"a/x/", "a/y/"}, named.get())
+}
+
+func TestUnregister(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	var first, second recorder
+	var reg2 *Registration
+	// The first handler unregisters the second one from inside dispatch:
+	// the second must not run for that very event.
+	b.Register(func(e *Event) {
+		first.handle(e)
+		if string(e.Data) == "stop" {
+			assert.True(t, reg2.Unregister())
+		}
+	}, "t")
+	reg2 = b.Register(second.handle, "t")
+	for _, d := range []string{"1", "stop", "2"} {
+		_, err := b.Post("t", "e", []byte(d))
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []string{"t/e/1", "t/e/stop", "t/e/2"}, first.get())
+	assert.Equal(t, []string{"t/e/1"}, second.get())
+	assert.False(t, reg2.Unregister(), "a second Unregister reports false")
+}
+
+func TestRegisterContext(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	ctx, cancel := context.WithCancel(context.Background())
+	var rec recorder
+	reg := b.RegisterContext(ctx, rec.handle, "t")
+	_, err := b.Post("t", "e", []byte("1"))
+	require.NoError(t, err)
+	cancel()
+	waitFor(t, "the registration to end", func() bool { return !reg.active.Load() })
+	_, err = b.Post("t", "e", []byte("2"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"t/e/1"}, rec.get())
+	assert.False(t, reg.Unregister())
+}
+
+func TestRecursivePost(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	var rec recorder
+	var inner Result
+	b.Register(func(e *Event) {
+		rec.handle(e)
+		if e.Name == "outer" {
+			var err error
+			inner, err = b.Post("t", "inner", nil)
+			assert.NoError(t, err)
+			rec.handle(&Event{Source: "after", Name: "inner-post"})
+		}
+	}, "t")
+	res, err := b.Post("t", "outer", nil)
+	require.NoError(t, err)
+	assert.Equal(t, Done, res)
+	assert.Equal(t, Recursive, inner)
+	// The inner event ran in the same (outer) poll, after the handler that
+	// posted it returned.
+	assert.Equal(t, []string{"t/outer/", "after/inner-post/", "t/inner/"}, rec.get())
+	assert.Equal(t, uint64(0), b.Stats().Lag)
+}
+
+func TestPostLocal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	a := openBus(t, Options{Path: path, Mode: Manual})
+	other := openBus(t, Options{Path: path, Mode: Manual})
+	var ra, ro recorder
+	var local *Event
+	a.Register(func(e *Event) {
+		ra.handle(e)
+		if e.Local {
+			local = e.Clone()
+		}
+	}, "t")
+	other.Register(ro.handle, "t")
+	next := a.Ring().Next()
+	data := []byte("mine")
+	res, err := a.PostLocal("t", "l", data)
+	require.NoError(t, err)
+	assert.Equal(t, Done, res)
+	data[0] = 'X' // the bus kept its own copy
+	assert.Equal(t, next, a.Ring().Next(), "PostLocal does not touch the ring")
+	_, err = other.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"t/l/mine"}, ra.get())
+	assert.Empty(t, ro.get())
+	require.NotNil(t, local)
+	assert.Equal(t, uint64(0), local.Seq)
+	assert.Equal(t, os.Getpid(), local.PID)
+	assert.Equal(t, uint64(1), a.Stats().Local)
+}
+
+func TestHandlerPanic(t *testing.T) {
+	logger, logs := quietLogger()
+	b := openBus(t, Options{Mode: Manual, Logger: logger})
+	var after recorder
+	b.Register(func(e *Event) {
+		if string(e.Data) == "boom" {
+			panic("handler failed")
+		}
+	}, "t")
+	b.Register(after.handle, "t")
+	for _, d := range []string{"boom", "fine"} {
+		_, err := b.Post("t", "e", []byte(d))
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []string{"t/e/boom", "t/e/fine"}, after.get())
+	assert.Equal(t, uint64(1), b.Stats().HandlerPanics)
+	assert.Equal(t, int64(1), logs.Load(), "the panic is logged")
+}
+
+func TestPostErrors(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual, Size: 1 << 16})
+	_, err := b.Post("", "n", nil)
+	assert.ErrorIs(t, err, ErrNoSource)
+	_, err = b.Post("s", "", nil)
+	assert.ErrorIs(t, err, ErrNoName)
+	_, err = b.PostUnique("s", "n", nil, "")
+	assert.ErrorIs(t, err, ErrNoUnique)
+	_, err = b.PostLocal("", "n", nil)
+	assert.ErrorIs(t, err, ErrNoSource)
+	_, err = b.Post(strings.Repeat("s", MaxNameLen+1), "n", nil)
+	assert.ErrorIs(t, err, ErrTooBig)
+
+	max := b.MaxData("s", "n", "")
+	require.Equal(t, 1<<14-headerSize-2, max)
+	_, err = b.Publish("s", "n", make([]byte, max))
+	require.NoError(t, err)
+	_, err = b.Publish("s", "n", make([]byte, max+1))
+	require.ErrorIs(t, err, ErrTooBig)
+	assert.Contains(t, err.Error(), "at most")
+
+	require.NoError(t, b.Close())
+	require.NoError(t, b.Close(), "Close is idempotent")
+	for name, f := range map[string]func() error{
+		"post":    func() error { _, err := b.Post("s", "n", nil); return err },
+		"publish": func() error { _, err := b.Publish("s", "n", nil); return err },
+		"unique":  func() error { _, err := b.PostUnique("s", "n", nil, "k"); return err },
+		"local":   func() error { _, err := b.PostLocal("s", "n", nil); return err },
+		"poll":    func() error { _, err := b.Poll(); return err },
+		"unique table": func() error {
+			_, _, err := b.Unique()
+			return err
+		},
+	} {
+		assert.ErrorIs(t, f(), ErrClosed, name)
+	}
+	reg := b.Register(func(*Event) {}, "")
+	assert.False(t, reg.Unregister(), "registering on a closed bus is inert")
+	_, open := <-b.Subscribe(context.Background(), 1, "")
+	assert.False(t, open, "a subscription on a closed bus is closed")
+}
+
+func TestJSON(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	type purge struct {
+		Key string `json:"key"`
+		TTL int    `json:"ttl"`
+	}
+	var got purge
+	b.Register(func(e *Event) { require.NoError(t, e.JSON(&got)) }, "cache", "purge")
+	_, err := b.PostJSON("cache", "purge", purge{Key: "users", TTL: 30})
+	require.NoError(t, err)
+	assert.Equal(t, purge{Key: "users", TTL: 30}, got)
+	_, err = b.PostJSON("cache", "purge", func() {})
+	assert.Error(t, err, "an unencodable value is an error, not a post")
+	var bad purge
+	assert.Error(t, (&Event{Data: []byte("{")}).JSON(&bad))
+}
+
+func TestSubscribeDropsAndCloses(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := b.Subscribe(ctx, 3, "t")
+	for i := range 10 {
+		_, err := b.Post("t", "e", []byte{byte('0' + i)})
+		require.NoError(t, err)
+	}
+	st := b.Stats()
+	assert.Equal(t, uint64(7), st.Dropped)
+	for _, want := range []string{"0", "1", "2"} {
+		e := <-ch
+		assert.Equal(t, want, string(e.Data), "the subscriber owns a copy")
+		assert.False(t, e.Local)
+	}
+	cancel()
+	waitFor(t, "the channel to close", func() bool {
+		select {
+		case _, ok := <-ch:
+			return !ok
+		default:
+			return false
+		}
+	})
+	ch2 := b.Subscribe(context.Background(), 1, "")
+	require.NoError(t, b.Close())
+	for range ch2 { // drains what was delivered; ends because Close closed it
+	}
+}
+
+func TestUniqueInOneProcess(t *testing.T) {
+	// Two buses on one file compete exactly as two processes would: the
+	// table lives in the region.
+	path := filepath.Join(t.TempDir(), "bus")
+	a := openBus(t, Options{Path: path, Mode: Manual, Timeout: 200 * time.Millisecond})
+	c := openBus(t, Options{Path: path, Mode: Manual, Timeout: 200 * time.Millisecond})
+	var runs atomic.Int64
+	a.Register(func(*Event) { runs.Add(1) }, "cache", "purge")
+	c.Register(func(*Event) { runs.Add(1) }, "cache", "purge")
+
+	_, err := a.PostUnique("cache", "purge", nil, "users")
+	require.NoError(t, err)
+	_, err = c.Poll()
+	require.NoError(t, err)
+	require.Equal(t, int64(1), runs.Load(), "exactly one bus ran it")
+
+	// A follow-up within Timeout is ignored by both.
+	_, err = c.PostUnique("cache", "purge", nil, "users")
+	require.NoError(t, err)
+	_, err = a.Poll()
+	require.NoError(t, err)
+	require.Equal(t, int64(1), runs.Load())
+	assert.Equal(t, uint64(3), a.Stats().UniqueIgnored+c.Stats().UniqueIgnored)
+
+	// Another key is independent.
+	_, err = c.PostUnique("cache", "purge", nil, "groups")
+	require.NoError(t, err)
+	_, err = a.Poll()
+	require.NoError(t, err)
+	require.Equal(t, int64(2), runs.Load())
+
+	// After Timeout the key runs again, once.
+	waitFor(t, "the key to expire", func() bool {
+		before := runs.Load()
+		_, err := a.PostUnique("cache", "purge", nil, "users")
+		require.NoError(t, err)
+		_, err = c.Poll()
+		require.NoError(t, err)
+		return runs.Load() > before
+	})
+	assert.Equal(t, int64(3), runs.Load())
+	st, live, err := a.Unique()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), st.Claims)
+	assert.Equal(t, 2, st.Used)
+	assert.NotEmpty(t, live)
+}
+
+func TestUniqueSkippedWithoutHandler(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	poster := openBus(t, Options{Path: path, Mode: Manual})
+	worker := openBus(t, Options{Path: path, Mode: Manual})
+	var runs atomic.Int64
+	worker.Register(func(*Event) { runs.Add(1) }, "cache")
+	// The poster has no handler for it, polls first, and must not claim it.
+	_, err := poster.PostUnique("cache", "purge", nil, "k")
+	require.NoError(t, err)
+	_, err = worker.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), runs.Load())
+	assert.Equal(t, uint64(0), poster.Stats().UniqueRun)
+	assert.Equal(t, uint64(1), worker.Stats().UniqueRun)
+}
+
+func TestUniqueTableFull(t *testing.T) {
+	// Three table entries: a header and two keys. Keys do not expire
+	// within the test, so a third key finds no room.
+	b := openBus(t, Options{Mode: Manual, UniqueSlots: 3, Timeout: time.Hour})
+	var runs atomic.Int64
+	b.Register(func(*Event) { runs.Add(1) }, "t")
+	for _, k := range []string{"k1", "k2"} {
+		_, err := b.PostUnique("t", "e", nil, k)
+		require.NoError(t, err)
+	}
+	next := b.Ring().Next()
+	_, err := b.PostUnique("t", "e", nil, "k3")
+	require.ErrorIs(t, err, ErrUniqueTableFull)
+	assert.Contains(t, err.Error(), b.Path())
+	assert.Equal(t, next, b.Ring().Next(), "nothing was posted")
+	// A known key still gets its decision (ignored: within Timeout).
+	_, err = b.PostUnique("t", "e", nil, "k1")
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), runs.Load())
+}
+
+func TestUniqueEntryReusedOnceEventLeftRing(t *testing.T) {
+	// Two key entries and a 16-event ring: once a key has expired and its
+	// event has been overwritten, its entry serves a new key.
+	b := openBus(t, Options{Mode: Manual, UniqueSlots: 3, Slots: 16, Timeout: time.Millisecond})
+	var runs atomic.Int64
+	b.Register(func(*Event) { runs.Add(1) }, "t")
+	for _, k := range []string{"k1", "k2"} {
+		_, err := b.PostUnique("t", "e", nil, k)
+		require.NoError(t, err)
+	}
+	for range 20 {
+		_, err := b.Post("t", "filler", nil)
+		require.NoError(t, err)
+	}
+	waitFor(t, "k1 and k2 to expire", func() bool {
+		_, live, err := b.Unique()
+		require.NoError(t, err)
+		return len(live) == 0
+	})
+	_, err := b.PostUnique("t", "e", nil, "k3")
+	require.NoError(t, err)
+	assert.Equal(t, int64(23), runs.Load())
+	assert.Equal(t, uint64(3), b.Stats().UniqueRun)
+}
+
+func TestLappedBusCountsLoss(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	slow := openBus(t, Options{Path: path, Mode: Manual, Slots: 16})
+	fast := openBus(t, Options{Path: path, Mode: Manual})
+	var n atomic.Int64
+	slow.Register(func(e *Event) {
+		if e.Source == "t" {
+			n.Add(1)
+		}
+	}, "")
+	for range 100 {
+		_, err := fast.Publish("t", "e", []byte("x"))
+		require.NoError(t, err)
+	}
+	_, err := slow.Poll()
+	require.NoError(t, err)
+	st := slow.Stats()
+	// Two "started" events precede the 100 (slow's own and fast's).
+	assert.Equal(t, uint64(102), st.Received+st.Lost+st.Abandoned)
+	assert.Equal(t, uint64(n.Load()), st.Received)
+	assert.LessOrEqual(t, st.Received, uint64(16))
+	assert.Equal(t, slow.Ring().Next(), slow.Cursor())
+}
+
+func TestResumeAtCursor(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	poster := openBus(t, Options{Path: path, Mode: Manual})
+	first, err := Open(Options{Path: path, Mode: Manual})
+	require.NoError(t, err)
+	var seen1 []string
+	first.Register(func(e *Event) { seen1 = append(seen1, string(e.Data)) }, "t")
+	for _, d := range []string{"a", "b"} {
+		_, err := poster.Publish("t", "e", []byte(d))
+		require.NoError(t, err)
+	}
+	_, err = first.Poll()
+	require.NoError(t, err)
+	cursor := first.Cursor()
+	require.NoError(t, first.Close())
+	for _, d := range []string{"c", "d"} {
+		_, err := poster.Publish("t", "e", []byte(d))
+		require.NoError(t, err)
+	}
+	second := openBus(t, Options{Path: path, Mode: Manual, StartAt: AtSeq(cursor)})
+	var seen2 []string
+	second.Register(func(e *Event) { seen2 = append(seen2, string(e.Data)) }, "t")
+	_, err = second.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", "b"}, seen1)
+	assert.Equal(t, []string{"c", "d"}, seen2)
+	assert.Equal(t, uint64(0), second.Stats().Lost)
+}
+
+func TestModesDeliver(t *testing.T) {
+	for _, mode := range []Mode{Wake, Timer, Spin} {
+		t.Run(mode.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bus")
+			rx := openBus(t, Options{Path: path, Mode: mode, Interval: 5 * time.Millisecond})
+			tx := openBus(t, Options{Path: path, Mode: Manual})
+			var rec recorder
+			rx.Register(rec.handle, "t")
+			_, err := tx.Publish("t", "e", []byte("hi"))
+			require.NoError(t, err)
+			waitFor(t, "delivery without a Poll", func() bool { return len(rec.get()) == 1 })
+			assert.Equal(t, []string{"t/e/hi"}, rec.get())
+		})
+	}
+}
+
+func TestCloseFromHandler(t *testing.T) {
+	for _, mode := range []Mode{Manual, Wake} {
+		t.Run(mode.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bus")
+			b, err := Open(Options{Path: path, Mode: mode})
+			require.NoError(t, err)
+			closed := make(chan error, 1)
+			b.Register(func(e *Event) { closed <- b.Close() }, "t", "quit")
+			tx := openBus(t, Options{Path: path, Mode: Manual})
+			_, err = tx.Publish("t", "quit", nil)
+			require.NoError(t, err)
+			if mode == Manual {
+				_, err := b.Poll()
+				require.ErrorIs(t, err, ErrClosed)
+			}
+			select {
+			case err := <-closed:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close from a handler deadlocked")
+			}
+			waitFor(t, "the region to be released", func() bool { return closedRing(b) })
+			_, err = b.Post("t", "x", nil)
+			require.ErrorIs(t, err, ErrClosed)
+			// The stopping event reached the other bus.
+			var names []string
+			tx.Register(func(e *Event) { names = append(names, e.Name) }, Source)
+			_, err = tx.Poll()
+			require.NoError(t, err)
+			assert.Contains(t, names, EventStopping)
+		})
+	}
+}
+
+var ringReaderOptsForTest = ring.ReaderOptions{Unregistered: true}
+
+// closedRing reports whether the bus's ring has been closed.
+func closedRing(b *Bus) bool {
+	_, err := b.ring.NewReader(ringReaderOptsForTest)
+	return errors.Is(err, ErrClosed)
+}
+
+func TestConcurrentPostersAndClose(t *testing.T) {
+	b := openBus(t, Options{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				if _, err := b.Post("t", "e", []byte("x")); err != nil {
+					assert.ErrorIs(t, err, ErrClosed)
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, "some posts", func() bool { return b.Stats().Posted > 100 })
+	require.NoError(t, b.Close())
+	wg.Wait()
+}
