@@ -553,7 +553,7 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 	} else if !b.pollMu.TryLock() {
 		// dispatching is true during every handler call, so a handler of
 		// this bus never sees false here: waiting is safe only then.
-		if false && b.dispatching.Load() {
+		if b.dispatching.Load() {
 			return Recursive, nil
 		}
 		b.pollMu.Lock()
