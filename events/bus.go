@@ -123,6 +123,12 @@ type Options struct {
 	// Logger receives handler panics and skipped records (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// Setup, if set, is called by Open before the bus posts "started" and
+	// starts its poller: register handlers there to be sure they see every
+	// event from the first, this process's own "started" included. (In the
+	// poller modes, a handler registered after Open returns misses what
+	// the poller handled before it.)
+	Setup func(*Bus)
 }
 
 func (o *Options) setDefaults() error {
@@ -247,6 +253,7 @@ type Bus struct {
 	rd          *ring.Reader
 	names       interner
 	ev          Event
+	lossSeen    ring.ReaderStats // the reader's loss counters last mirrored
 	local       localQueue
 
 	regMu    sync.Mutex
@@ -303,6 +310,9 @@ func Open(opts Options) (*Bus, error) {
 	b.cursor.Store(rd.Cursor())
 	b.handlers.Store(new([]*Registration))
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	if opts.Setup != nil {
+		opts.Setup(b)
+	}
 	if _, err := b.publish(Source, EventStarted, "", nil); err != nil {
 		b.cancel()
 		r.Close()
@@ -578,8 +588,12 @@ func (b *Bus) drain() error {
 		rec, err := b.rd.Read()
 		switch {
 		case err == nil:
-			b.handleRecord(rec)
+			// Cursor and counters move before the handlers run, so that a
+			// handler that saves Cursor() resumes after its own event and
+			// Stats account for everything up to it.
 			b.cursor.Store(b.rd.Cursor())
+			b.mirrorLoss()
+			b.handleRecord(rec)
 			continue
 		case errors.Is(err, ring.ErrEmpty):
 			b.cursor.Store(b.rd.Cursor()) // it may have moved past skipped entries
@@ -604,11 +618,22 @@ func (b *Bus) drain() error {
 	return ErrClosed
 }
 
-// mirrorReaderStats copies the reader's counters, which only the pollMu
-// holder may read, to where Stats can.
+// mirrorReaderStats publishes the reader's registry slot and copies its
+// counters to where Stats can read them.
 func (b *Bus) mirrorReaderStats() {
 	b.rd.Sync()
+	b.mirrorLoss()
+}
+
+// mirrorLoss copies the reader's loss counters, which only the pollMu
+// holder may read, to where Stats can, when they have changed (rarely: the
+// stores are not free).
+func (b *Bus) mirrorLoss() {
 	st := b.rd.Stats()
+	if st.Lost == b.lossSeen.Lost && st.Corrupt == b.lossSeen.Corrupt && st.Abandoned == b.lossSeen.Abandoned {
+		return
+	}
+	b.lossSeen = st
 	b.stats.lost.Store(st.Lost + st.Corrupt)
 	b.stats.corrupt.Store(st.Corrupt)
 	b.stats.abandoned.Store(st.Abandoned)

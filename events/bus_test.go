@@ -590,3 +590,37 @@ func TestConcurrentPostersAndClose(t *testing.T) {
 	require.NoError(t, b.Close())
 	wg.Wait()
 }
+
+func TestSetupSeesOwnStarted(t *testing.T) {
+	var rec recorder
+	openBus(t, Options{Setup: func(b *Bus) { b.Register(rec.handle, Source) }})
+	waitFor(t, "the bus's own started event", func() bool { return len(rec.get()) == 1 })
+	assert.Equal(t, []string{"shmring/started/"}, rec.get())
+}
+
+func TestCursorAndStatsInsideHandler(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	slow := openBus(t, Options{Path: path, Mode: Manual, Slots: 16})
+	fast := openBus(t, Options{Path: path, Mode: Manual})
+	type snap struct {
+		seq, cursor, lost uint64
+	}
+	var snaps []snap
+	slow.Register(func(e *Event) {
+		snaps = append(snaps, snap{e.Seq, slow.Cursor(), slow.Stats().Lost})
+	}, "t")
+	for range 40 {
+		_, err := fast.Publish("t", "e", nil)
+		require.NoError(t, err)
+	}
+	_, err := slow.Poll()
+	require.NoError(t, err)
+	require.NotEmpty(t, snaps)
+	for _, s := range snaps {
+		// In a handler the cursor is past the event being handled, and
+		// every earlier sequence is accounted for.
+		assert.Equal(t, s.seq+1, s.cursor)
+	}
+	first := snaps[0]
+	assert.Positive(t, first.lost, "the lap is counted before the first surviving event runs")
+}

@@ -61,7 +61,8 @@ func (b *Bus) register(h Handler, sub bool, source string, names ...string) *Reg
 }
 
 // RegisterContext is Register with a lifetime: the handler is unregistered
-// when ctx ends. It is the Go form of the model's register_weak: tie a
+// when ctx ends (shortly after: by a goroutine that context.AfterFunc
+// starts, so an event polled at that moment may still reach it). It is the Go form of the model's register_weak: tie a
 // handler to the life of whatever owns ctx.
 func (b *Bus) RegisterContext(ctx context.Context, h Handler, source string, names ...string) *Registration {
 	r := b.Register(h, source, names...)
