@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -106,13 +105,18 @@ func EventsSend(l *Link, path string, wake bool, n int) error {
 	}
 	defer bus.Close()
 	pid := int(l.pid.Load()) // after WaitReady: stored before Ready
+	threads, err := newProcessThreads(pid)
+	if err != nil {
+		return err
+	}
+	defer threads.close()
 	data := make([]byte, EventsPayload)
 	for i := 1; i <= n; i++ {
 		if err := l.WaitAck(i - 1); err != nil {
 			return err
 		}
 		if wake {
-			if err := l.waitBusAsleep(bus, pid); err != nil {
+			if err := l.waitBusAsleep(bus, threads); err != nil {
 				return err
 			}
 		}
@@ -124,45 +128,73 @@ func EventsSend(l *Link, path string, wake bool, n int) error {
 	return l.WaitAck(n)
 }
 
-// waitBusAsleep waits until pid's bus announces it sleeps and no thread of
-// pid is running.
-func (l *Link) waitBusAsleep(bus *events.Bus, pid int) error {
+// waitBusAsleep waits until the receiver's bus announces that it sleeps
+// and no thread of its process is running. It must be about as quick as the
+// futex floor's check of one thread: in a VM, how long a CPU has been idle
+// decides how long waking it takes (tens of microseconds more after a
+// millisecond), so a slower check would be measured as latency.
+func (l *Link) waitBusAsleep(bus *events.Bus, threads *processThreads) error {
 	if err := l.spin("announcement of sleep", func() bool {
-		for _, r := range bus.Ring().Readers() {
-			if r.PID == pid && r.Waiting {
-				return true
-			}
-		}
-		return false
+		// The sender's own bus never sleeps (Manual), so any sleeper is
+		// the receiver. Counters reads the registry without system calls.
+		return bus.Ring().Counters().Waiters > 0
 	}); err != nil {
 		return err
 	}
 	var serr error
 	err := l.spin("sleep of the receiving process", func() bool {
-		asleep, err := processAsleep(pid)
+		asleep, err := threads.asleep()
 		serr = err
 		return asleep || err != nil
 	})
 	return errors.Join(err, serr)
 }
 
-// processAsleep reports whether no thread of pid is running or runnable.
-func processAsleep(pid int) (bool, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
+// processThreads watches the states of a process's threads through their
+// /proc stat files, kept open between checks.
+type processThreads struct {
+	pid   int
+	files []*threadStat
+}
+
+func newProcessThreads(pid int) (*processThreads, error) {
+	p := &processThreads{pid: pid}
+	return p, p.reopen()
+}
+
+func (p *processThreads) reopen() error {
+	p.close()
+	dir := fmt.Sprintf("/proc/%d/task", p.pid)
 	tasks, err := os.ReadDir(dir)
 	if err != nil {
-		return false, fmt.Errorf("bench: the events series needs the receiver's thread states: %w", err)
+		return fmt.Errorf("bench: the events series needs the receiver's thread states: %w", err)
 	}
 	for _, t := range tasks {
-		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "stat"))
+		f, err := os.Open(filepath.Join(dir, t.Name(), "stat"))
 		if err != nil {
 			continue // the thread exited
 		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) {
-			return false, fmt.Errorf("bench: unexpected %s/%s/stat: %q", dir, t.Name(), b)
+		p.files = append(p.files, &threadStat{f: f})
+	}
+	return nil
+}
+
+func (p *processThreads) close() {
+	for _, t := range p.files {
+		t.f.Close()
+	}
+	p.files = nil
+}
+
+// asleep reports whether no thread is running or runnable. A thread that
+// exited, or one started since the last listing, makes it list them again.
+func (p *processThreads) asleep() (bool, error) {
+	for _, t := range p.files {
+		s, err := t.state()
+		if err != nil {
+			return false, p.reopen()
 		}
-		if b[i+2] == 'R' {
+		if s == 'R' {
 			return false, nil
 		}
 	}
