@@ -314,8 +314,11 @@ func Open(opts Options) (*Bus, error) {
 		opts.Setup(b)
 	}
 	if _, err := b.publish(Source, EventStarted, "", nil); err != nil {
+		// Setup may have subscribed or started goroutines: close properly.
+		b.closing.Store(true)
+		b.closed.Store(true)
 		b.cancel()
-		r.Close()
+		b.teardown(true) // no poller yet
 		return nil, fmt.Errorf("events: open %s: post %q: %w", opts.Path, EventStarted, err)
 	}
 	if opts.Mode != Manual {
@@ -332,7 +335,8 @@ func Open(opts Options) (*Bus, error) {
 //
 // Close may be called from a handler. Then, and whenever it is called while
 // handlers run, it returns at once and the running poll releases the region
-// as soon as its current handler returns.
+// as soon as its current handler returns. A second Close returns at once,
+// even while the first is still releasing.
 func (b *Bus) Close() error {
 	if !b.closing.CompareAndSwap(false, true) {
 		return nil
@@ -381,15 +385,26 @@ func (b *Bus) teardown(onPoller bool) error {
 	if !onPoller {
 		b.poller.Wait()
 	}
-	b.life.Lock() // waits for posts in flight; later ones see closed
-	defer b.life.Unlock()
+	// pollMu before life: a poll's handlers may post (life.RLock) while the
+	// poll holds pollMu, and nobody holds life while waiting for pollMu.
 	b.pollMu.Lock()
 	defer b.pollMu.Unlock()
+	b.life.Lock() // waits for posts in flight; later ones see closed
+	defer b.life.Unlock()
 	b.regMu.Lock()
 	for s := range b.subs {
+		if s.stop != nil {
+			s.stop()
+		}
 		s.close()
 	}
 	b.subs = nil
+	for _, r := range *b.handlers.Load() {
+		if r.stop != nil {
+			r.stop() // releases RegisterContext's hold on its context
+			r.stop = nil
+		}
+	}
 	b.regMu.Unlock()
 	err := b.rd.Close()
 	if cerr := b.ring.Close(); err == nil {
@@ -451,10 +466,10 @@ func (b *Bus) publish(source, name, unique string, data []byte) (uint64, error) 
 	})
 	if err != nil {
 		if errors.Is(err, ring.ErrTooBig) {
-			return 0, fmt.Errorf("events: %s/%s: %d data bytes, at most %d fit: %w",
-				source, name, len(data), b.MaxData(source, name, unique), ErrTooBig)
+			return 0, fmt.Errorf("events: post %s/%s to %s: %d data bytes, at most %d fit: %w",
+				source, name, b.opts.Path, len(data), b.MaxData(source, name, unique), ErrTooBig)
 		}
-		return 0, fmt.Errorf("events: post %s/%s: %w", source, name, err)
+		return 0, fmt.Errorf("events: post %s/%s to %s: %w", source, name, b.opts.Path, err)
 	}
 	b.stats.posted.Add(1)
 	return seq, nil
@@ -501,7 +516,7 @@ func (b *Bus) checkRoom(unique string) error {
 	}
 	ok, err := b.uniq.room(keyHash(unique), b.evictBefore)
 	if err != nil {
-		return fmt.Errorf("events: post unique %q: %w", unique, err)
+		return fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
 	}
 	if !ok {
 		return fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, ErrUniqueTableFull)

@@ -624,3 +624,54 @@ func TestCursorAndStatsInsideHandler(t *testing.T) {
 	first := snaps[0]
 	assert.Positive(t, first.lost, "the lap is counted before the first surviving event runs")
 }
+
+func TestCloseWhilePollRunsHandlersThatPost(t *testing.T) {
+	// A handler that posts, on a poll running in another goroutine, while
+	// Close releases the bus: neither may wait for the other.
+	for round := range 50 {
+		b, err := Open(Options{Path: filepath.Join(t.TempDir(), "bus"), Mode: Manual})
+		require.NoError(t, err)
+		b.Register(func(e *Event) {
+			b.Publish("t", "echo", nil)
+			b.Stats()
+		}, "t", "e")
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				if _, err := b.Post("t", "e", nil); err != nil {
+					return
+				}
+			}
+		}()
+		waitFor(t, "some posts", func() bool { return b.Stats().Handled > uint64(round%5) })
+		closed := make(chan error, 1)
+		go func() { closed <- b.Close() }()
+		select {
+		case err := <-closed:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Close deadlocked with a poll's handler", round)
+		}
+		<-done
+	}
+}
+
+func TestUniqueTimeoutForever(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual, Timeout: time.Duration(1<<63 - 1)})
+	var runs atomic.Int64
+	b.Register(func(*Event) { runs.Add(1) }, "t")
+	for range 3 {
+		_, err := b.PostUnique("t", "e", nil, "k")
+		require.NoError(t, err)
+	}
+	assert.Equal(t, int64(1), runs.Load(), "a Timeout of for ever must not wrap into the past")
+	assert.Equal(t, uint64(2), b.Stats().UniqueIgnored)
+}
+
+func TestPostErrorsNamePath(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual, Size: 1 << 16})
+	_, err := b.Publish("s", "n", make([]byte, 1<<15))
+	require.ErrorIs(t, err, ErrTooBig)
+	assert.Contains(t, err.Error(), b.Path())
+}

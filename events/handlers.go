@@ -70,6 +70,10 @@ func (b *Bus) RegisterContext(ctx context.Context, h Handler, source string, nam
 		stop := context.AfterFunc(ctx, func() { r.unregister() })
 		b.regMu.Lock()
 		r.stop = stop
+		if b.closed.Load() {
+			stop() // the bus closed meanwhile; its teardown may have missed us
+			r.stop = nil
+		}
 		b.regMu.Unlock()
 	}
 	return r
@@ -113,6 +117,7 @@ type subscription struct {
 	mu     sync.Mutex
 	ch     chan *Event
 	closed bool
+	stop   func() bool // stops the watch on the subscriber's context
 }
 
 func (s *subscription) send(e *Event) bool {
@@ -160,12 +165,15 @@ func (b *Bus) Subscribe(ctx context.Context, buffer int, source string, names ..
 			b.stats.dropped.Add(1)
 		}
 	}, true, source, names...)
-	context.AfterFunc(ctx, func() {
+	stop := context.AfterFunc(ctx, func() {
 		reg.Unregister()
 		b.regMu.Lock()
 		delete(b.subs, s)
 		b.regMu.Unlock()
 		s.close()
 	})
+	b.regMu.Lock()
+	s.stop = stop
+	b.regMu.Unlock()
 	return s.ch
 }

@@ -3,6 +3,7 @@ package events
 import (
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -213,7 +214,11 @@ func (t *uniqueTable) claim(hash, seq uint64, timeout time.Duration, oldest func
 		t.hdr.full.Add(1) // counter only
 		return claimFull, nil
 	}
-	e.expiry.Store(now + int64(timeout))
+	expiry := now + int64(timeout)
+	if expiry < now {
+		expiry = math.MaxInt64 // a Timeout of "for ever" must not wrap into the past
+	}
+	e.expiry.Store(expiry)
 	e.pid.Store(uint32(t.me.PID()))
 	e.seq.Store(seq + 1)
 	if !found {
