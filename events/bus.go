@@ -123,6 +123,11 @@ type Options struct {
 	// Logger receives handler panics and skipped records (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// Observe makes a bus that only watches, for tools: it posts no
+	// "started" or "stopping", takes no reader-registry slot, and never
+	// competes for unique events: its handlers see every event, unique
+	// ones included (Event.Unique says so), whoever runs them.
+	Observe bool
 	// Setup, if set, is called by Open before the bus posts "started" and
 	// starts its poller: register handlers there to be sure they see every
 	// event from the first, this process's own "started" included. (In the
@@ -301,6 +306,7 @@ func Open(opts Options) (*Bus, error) {
 		Start:        opts.StartAt,
 		WaitInterval: opts.WaitInterval,
 		WaitMax:      opts.WaitMax,
+		Unregistered: opts.Observe,
 	})
 	if err != nil {
 		r.Close()
@@ -313,7 +319,9 @@ func Open(opts Options) (*Bus, error) {
 	if opts.Setup != nil {
 		opts.Setup(b)
 	}
-	if _, err := b.publish(Source, EventStarted, "", nil); err != nil {
+	if opts.Observe {
+		// Nothing to announce.
+	} else if _, err := b.publish(Source, EventStarted, "", nil); err != nil {
 		// Setup may have subscribed or started goroutines: close properly.
 		b.closing.Store(true)
 		b.closed.Store(true)
@@ -343,7 +351,10 @@ func (b *Bus) Close() error {
 	}
 	// Best effort: a full or damaged ring must not keep a process from
 	// closing.
-	_, postErr := b.publish(Source, EventStopping, "", nil)
+	var postErr error
+	if !b.opts.Observe {
+		_, postErr = b.publish(Source, EventStopping, "", nil)
+	}
 	if postErr != nil {
 		postErr = fmt.Errorf("events: close %s: post %q: %w", b.opts.Path, EventStopping, postErr)
 	}
@@ -506,6 +517,21 @@ func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Resul
 		return 0, err
 	}
 	return b.Poll()
+}
+
+// PublishUnique appends a unique event without polling, as Publish does,
+// after the same check of the unique table as PostUnique.
+func (b *Bus) PublishUnique(source, name string, data []byte, unique string) (uint64, error) {
+	if unique == "" {
+		return 0, ErrNoUnique
+	}
+	if err := checkNames(source, name); err != nil {
+		return 0, err
+	}
+	if err := b.checkRoom(unique); err != nil {
+		return 0, err
+	}
+	return b.publish(source, name, unique, data)
 }
 
 func (b *Bus) checkRoom(unique string) error {
@@ -673,7 +699,7 @@ func (b *Bus) handleRecord(rec ring.Record) {
 	}
 	if len(w.unique) > 0 {
 		e.Unique = string(w.unique)
-		if !b.claimUnique(e) {
+		if !b.opts.Observe && !b.claimUnique(e) {
 			return
 		}
 	}

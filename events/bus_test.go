@@ -675,3 +675,51 @@ func TestPostErrorsNamePath(t *testing.T) {
 	require.ErrorIs(t, err, ErrTooBig)
 	assert.Contains(t, err.Error(), b.Path())
 }
+
+func TestObserverBus(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	worker := openBus(t, Options{Path: path, Mode: Manual})
+	var runs atomic.Int64
+	worker.Register(func(*Event) { runs.Add(1) }, "cache")
+	next := worker.Ring().Next()
+	readers := len(worker.Ring().Readers())
+
+	obs := openBus(t, Options{Path: path, Mode: Manual, Observe: true, StartAt: Oldest})
+	assert.Equal(t, next, obs.Ring().Next(), "an observer posts no started event")
+	assert.Len(t, obs.Ring().Readers(), readers, "an observer takes no registry slot")
+	var seen []string
+	obs.Register(func(e *Event) { seen = append(seen, e.Name+":"+e.Unique) }, "cache")
+
+	seq, err := obs.PublishUnique("cache", "refresh", nil, "k")
+	require.NoError(t, err)
+	_, err = obs.Poll()
+	require.NoError(t, err)
+	_, err = worker.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), runs.Load(), "the observer did not take the unique event from the worker")
+	assert.Equal(t, []string{"refresh:k"}, seen)
+	assert.Zero(t, obs.Stats().UniqueRun+obs.Stats().UniqueIgnored)
+
+	st, keys, err := UniqueTable(obs.Ring().Region())
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), st.Claims)
+	require.Len(t, keys, 1)
+	assert.Equal(t, seq, keys[0].Seq)
+	assert.Equal(t, keyHash("k"), keys[0].Hash)
+
+	next = obs.Ring().Next()
+	require.NoError(t, obs.Close())
+	assert.Equal(t, next, worker.Ring().Next(), "an observer posts no stopping event")
+}
+
+func TestDecodeExported(t *testing.T) {
+	rec := make([]byte, encodedSize("s", "n", "u", []byte("data")))
+	encode(rec, "s", "n", "u", []byte("data"), 7, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
+	e, err := Decode(42, rec)
+	require.NoError(t, err)
+	rec[len(rec)-1] = 'X' // the event owns its bytes
+	assert.Equal(t, &Event{Source: "s", Name: "n", Unique: "u", Data: []byte("data"), PID: 7, Seq: 42,
+		Posted: time.Unix(0, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())}, e)
+	_, err = Decode(1, []byte("garbage"))
+	assert.ErrorIs(t, err, ErrMalformed)
+}

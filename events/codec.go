@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Wire format of one event, the payload of one ring record. Integers are
@@ -35,10 +36,10 @@ const (
 	MaxNameLen = 1<<16 - 1
 )
 
-// errMalformed marks a ring record that is not a valid event. Only other
+// ErrMalformed marks a ring record that is not a valid event. Only other
 // writers of the same ring (a foreign program, a damaged file) produce one;
-// the bus skips it and counts it in Stats.Malformed.
-var errMalformed = errors.New("events: malformed event record")
+// a bus skips it and counts it in Stats.Malformed.
+var ErrMalformed = errors.New("events: malformed event record")
 
 // encodedSize returns the record size of an event.
 func encodedSize(source, name, unique string, data []byte) int {
@@ -77,23 +78,23 @@ type wireEvent struct {
 func decode(rec []byte) (wireEvent, error) {
 	var w wireEvent
 	if len(rec) < headerSize {
-		return w, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", errMalformed, len(rec), headerSize)
+		return w, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrMalformed, len(rec), headerSize)
 	}
 	if rec[0] != eventVersion {
-		return w, fmt.Errorf("%w: format version %d, want %d", errMalformed, rec[0], eventVersion)
+		return w, fmt.Errorf("%w: format version %d, want %d", ErrMalformed, rec[0], eventVersion)
 	}
 	flags := rec[1]
 	if flags&^flagUnique != 0 || binary.LittleEndian.Uint32(rec[12:]) != 0 {
-		return w, fmt.Errorf("%w: unknown flags or reserved bits set", errMalformed)
+		return w, fmt.Errorf("%w: unknown flags or reserved bits set", ErrMalformed)
 	}
 	s := int(binary.LittleEndian.Uint16(rec[2:]))
 	n := int(binary.LittleEndian.Uint16(rec[4:]))
 	u := int(binary.LittleEndian.Uint16(rec[6:]))
 	if s == 0 || n == 0 || (u != 0) != (flags&flagUnique != 0) {
-		return w, fmt.Errorf("%w: empty source or name, or unique flag and key disagree", errMalformed)
+		return w, fmt.Errorf("%w: empty source or name, or unique flag and key disagree", ErrMalformed)
 	}
 	if headerSize+s+n+u > len(rec) {
-		return w, fmt.Errorf("%w: field lengths %d+%d+%d exceed the %d-byte record", errMalformed, s, n, u, len(rec))
+		return w, fmt.Errorf("%w: field lengths %d+%d+%d exceed the %d-byte record", ErrMalformed, s, n, u, len(rec))
 	}
 	w.pid = binary.LittleEndian.Uint32(rec[8:])
 	w.posted = int64(binary.LittleEndian.Uint64(rec[16:]))
@@ -131,4 +132,23 @@ func (in *interner) get(b []byte) string {
 		in.m[s] = s
 	}
 	return s
+}
+
+// Decode parses a ring record holding an event, for tools that read the
+// ring directly. The event it returns owns its bytes. A record that is not
+// an event gives an error.
+func Decode(seq uint64, rec []byte) (*Event, error) {
+	w, err := decode(rec)
+	if err != nil {
+		return nil, err
+	}
+	return &Event{
+		Source: string(w.source),
+		Name:   string(w.name),
+		Data:   append([]byte(nil), w.data...),
+		Unique: string(w.unique),
+		PID:    int(w.pid),
+		Seq:    seq,
+		Posted: time.Unix(0, w.posted),
+	}, nil
 }

@@ -49,7 +49,7 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	for name, rec := range bad {
 		_, err := decode(rec)
-		require.ErrorIs(t, err, errMalformed, name)
+		require.ErrorIs(t, err, ErrMalformed, name)
 	}
 }
 

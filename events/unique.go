@@ -284,3 +284,15 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 	}
 	return st, live
 }
+
+// UniqueTable reads the unique table of an open region: its counters and
+// the keys still live. It writes nothing, for tools.
+func UniqueTable(region *shm.Region) (UniqueStats, []UniqueKey, error) {
+	n := int(region.Geometry().UniqueSlots)
+	t, err := newUniqueTable(region.Unique()[:n*shm.UniqueSlotSize], 0)
+	if err != nil {
+		return UniqueStats{}, nil, fmt.Errorf("events: %s: %w", region.Path(), err)
+	}
+	st, keys := t.snapshot()
+	return st, keys, nil
+}
