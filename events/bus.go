@@ -123,6 +123,9 @@ type Options struct {
 	// Logger receives handler panics and skipped records (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// MustExist makes Open fail (with an error wrapping fs.ErrNotExist)
+	// instead of creating a missing file.
+	MustExist bool
 	// Observe makes a bus that only watches, for tools: it posts no
 	// "started" or "stopping", takes no reader-registry slot, and never
 	// competes for unique events: its handlers see every event, unique
@@ -285,14 +288,24 @@ func Open(opts Options) (*Bus, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
 	}
-	r, err := ring.Open(opts.Path, shm.Options{
+	shmOpts := shm.Options{
 		Geometry: shm.Geometry{
 			IndexSlots:  uint32(opts.Slots),
 			DataBytes:   uint64(opts.Size),
 			UniqueSlots: uint32(opts.UniqueSlots),
 		},
 		Perm: opts.Perm,
-	})
+	}
+	var r *ring.Ring
+	var err error
+	if opts.MustExist {
+		var region *shm.Region
+		if region, err = shm.Open(opts.Path, shmOpts); err == nil {
+			r = ring.New(region)
+		}
+	} else {
+		r, err = ring.Open(opts.Path, shmOpts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("events: open: %w", err)
 	}

@@ -723,3 +723,14 @@ func TestDecodeExported(t *testing.T) {
 	_, err = Decode(1, []byte("garbage"))
 	assert.ErrorIs(t, err, ErrMalformed)
 }
+
+func TestMustExist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	_, err := Open(Options{Path: path, MustExist: true})
+	require.ErrorIs(t, err, os.ErrNotExist)
+	_, statErr := os.Stat(path)
+	require.ErrorIs(t, statErr, os.ErrNotExist, "MustExist creates nothing")
+	openBus(t, Options{Path: path, Mode: Manual})
+	b := openBus(t, Options{Path: path, Mode: Manual, MustExist: true})
+	assert.Equal(t, path, b.Path())
+}
