@@ -1,0 +1,318 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/ring"
+	"github.com/shmring/shmring/shm"
+)
+
+// openRing opens an existing ring for inspection: it never creates a file.
+func openRing(path string) (*ring.Ring, error) {
+	region, err := shm.Open(path, shm.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return ring.New(region), nil
+}
+
+// Info is what `info --json` prints, and /status serves as "info".
+type Info struct {
+	Path       string       `json:"path"`
+	Version    uint32       `json:"version"`
+	Geometry   GeometryInfo `json:"geometry"`
+	CreatedAt  time.Time    `json:"created_at"`
+	CreatorPID int          `json:"creator_pid"`
+	Next       uint64       `json:"next"`
+	Oldest     uint64       `json:"oldest"`
+	Held       uint64       `json:"held"`
+	Fill       float64      `json:"fill"`
+	Counters   CounterInfo  `json:"counters"`
+	Readers    struct {
+		Live int `json:"live"`
+		Dead int `json:"dead"`
+	} `json:"readers"`
+	Unique UniqueInfo `json:"unique"`
+}
+
+// GeometryInfo is the ring's shape, fixed at creation.
+type GeometryInfo struct {
+	IndexSlots  uint32 `json:"index_slots"`
+	DataBytes   uint64 `json:"data_bytes"`
+	ReaderSlots uint32 `json:"reader_slots"`
+	UniqueSlots uint32 `json:"unique_slots"`
+	MaxRecord   uint32 `json:"max_record"`
+}
+
+// CounterInfo are the ring-wide counters.
+type CounterInfo struct {
+	Posted      uint64 `json:"posted"`
+	Abandoned   uint64 `json:"abandoned"`
+	TooBig      uint64 `json:"too_big"`
+	LateCommits uint64 `json:"late_commits"`
+	Waiters     uint32 `json:"waiters"`
+}
+
+// UniqueInfo is the unique table's state.
+type UniqueInfo struct {
+	Entries int         `json:"entries"`
+	Used    int         `json:"used"`
+	Live    int         `json:"live"`
+	Claims  uint64      `json:"claims"`
+	Full    uint64      `json:"full"`
+	Steals  uint64      `json:"steals"`
+	Keys    []UniqueKey `json:"keys"`
+}
+
+// UniqueKey is one live unique key (the table keeps its hash, not its text).
+type UniqueKey struct {
+	Hash        string `json:"hash"`
+	Seq         uint64 `json:"seq"`
+	PID         int    `json:"pid"`
+	RemainingMS int64  `json:"remaining_ms"`
+}
+
+// ReaderRow is one registered reader, as `readers --json` prints it.
+type ReaderRow struct {
+	Slot      int       `json:"slot"`
+	PID       int       `json:"pid"`
+	Alive     bool      `json:"alive"`
+	Cursor    uint64    `json:"cursor"`
+	Lag       uint64    `json:"lag"`
+	Received  uint64    `json:"received"`
+	Lost      uint64    `json:"lost"`
+	Abandoned uint64    `json:"abandoned"`
+	Corrupt   uint64    `json:"corrupt"`
+	LastSeen  time.Time `json:"last_seen"`
+	Waiting   bool      `json:"waiting"`
+}
+
+func inspect(r *ring.Ring) (Info, error) {
+	region := r.Region()
+	h := region.Header()
+	g := h.Geometry
+	c := r.Counters()
+	info := Info{
+		Path:    region.Path(),
+		Version: h.Version,
+		Geometry: GeometryInfo{
+			IndexSlots: g.IndexSlots, DataBytes: g.DataBytes, ReaderSlots: g.ReaderSlots,
+			UniqueSlots: g.UniqueSlots, MaxRecord: g.MaxRecord,
+		},
+		CreatedAt:  h.Created,
+		CreatorPID: h.CreatorPID,
+		Next:       c.Next,
+		Oldest:     r.Oldest(),
+		Counters: CounterInfo{
+			Posted: c.Next, Abandoned: c.Abandoned, TooBig: c.TooBig,
+			LateCommits: c.LateCommits, Waiters: c.Waiters,
+		},
+	}
+	if info.Next > info.Oldest {
+		info.Held = info.Next - info.Oldest
+	}
+	info.Fill = float64(info.Held) / float64(g.IndexSlots)
+	for _, rd := range r.Readers() {
+		if rd.Alive {
+			info.Readers.Live++
+		} else {
+			info.Readers.Dead++
+		}
+	}
+	st, keys, err := events.UniqueTable(region)
+	if err != nil {
+		return info, err
+	}
+	info.Unique = UniqueInfo{Entries: st.Entries, Used: st.Used, Live: st.Live, Claims: st.Claims, Full: st.Full, Steals: st.Steals, Keys: []UniqueKey{}}
+	for _, k := range keys {
+		info.Unique.Keys = append(info.Unique.Keys, UniqueKey{
+			Hash: fmt.Sprintf("%016x", k.Hash), Seq: k.Seq, PID: k.PID, RemainingMS: k.Remaining.Milliseconds(),
+		})
+	}
+	return info, nil
+}
+
+func readerRows(r *ring.Ring) []ReaderRow {
+	next := r.Next()
+	rows := []ReaderRow{}
+	for _, rd := range r.Readers() {
+		row := ReaderRow{
+			Slot: rd.Slot, PID: rd.PID, Alive: rd.Alive, Cursor: rd.Cursor,
+			Received: rd.Received, Lost: rd.Lost, Abandoned: rd.Abandoned, Corrupt: rd.Corrupt,
+			LastSeen: rd.Heartbeat, Waiting: rd.Waiting,
+		}
+		if next > rd.Cursor {
+			row.Lag = next - rd.Cursor
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func infoCmd(stdout io.Writer) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "info PATH",
+		Short: "Show a ring's geometry, position, counters and live unique keys",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			r, err := openRing(a[0])
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			info, err := inspect(r)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(stdout, info)
+			}
+			return printInfo(stdout, info)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printInfo(w io.Writer, i Info) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	g := i.Geometry
+	fmt.Fprintf(tw, "path\t%s\n", i.Path)
+	fmt.Fprintf(tw, "layout version\t%d\n", i.Version)
+	fmt.Fprintf(tw, "geometry\t%d index slots, %d data bytes, %d reader slots, %d unique slots, records up to %d bytes\n",
+		g.IndexSlots, g.DataBytes, g.ReaderSlots, g.UniqueSlots, g.MaxRecord)
+	fmt.Fprintf(tw, "created\t%s by pid %d\n", i.CreatedAt.Format(time.RFC3339), i.CreatorPID)
+	fmt.Fprintf(tw, "next sequence\t%d\n", i.Next)
+	fmt.Fprintf(tw, "oldest valid\t%d (%d held, %.1f%% of the index)\n", i.Oldest, i.Held, 100*i.Fill)
+	c := i.Counters
+	fmt.Fprintf(tw, "counters\tposted %d, abandoned %d, too big %d, late commits %d, asleep now %d\n",
+		c.Posted, c.Abandoned, c.TooBig, c.LateCommits, c.Waiters)
+	fmt.Fprintf(tw, "readers\t%d live, %d dead\n", i.Readers.Live, i.Readers.Dead)
+	u := i.Unique
+	fmt.Fprintf(tw, "unique table\t%d of %d entries used, %d live; %d claims, %d skipped full, %d locks taken from dead holders\n",
+		u.Used, u.Entries, u.Live, u.Claims, u.Full, u.Steals)
+	for _, k := range u.Keys {
+		fmt.Fprintf(tw, "  key %s\tseq %d, pid %d, %dms left\n", k.Hash, k.Seq, k.PID, k.RemainingMS)
+	}
+	return tw.Flush()
+}
+
+func readersCmd(stdout io.Writer) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "readers PATH",
+		Short: "List the readers registered on a ring (dead ones marked)",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			r, err := openRing(a[0])
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			rows := readerRows(r)
+			if asJSON {
+				return writeJSON(stdout, rows)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SLOT\tPID\tALIVE\tCURSOR\tLAG\tRECEIVED\tLOST\tABANDONED\tCORRUPT\tLAST SEEN\tASLEEP")
+			for _, r := range rows {
+				alive := "yes"
+				if !r.Alive {
+					alive = "DEAD"
+				}
+				seen := "-"
+				if !r.LastSeen.IsZero() {
+					seen = time.Since(r.LastSeen).Round(time.Millisecond).String() + " ago"
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%v\n", r.Slot, r.PID, alive, r.Cursor, r.Lag,
+					r.Received, r.Lost, r.Abandoned, r.Corrupt, seen, r.Waiting)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func createCmd(stdout io.Writer) *cobra.Command {
+	var size, slots, readers, unique uint64
+	var mode string
+	cmd := &cobra.Command{
+		Use:   "create PATH",
+		Short: "Make a new ring file (never overwrites one)",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			perm, err := strconv.ParseUint(mode, 8, 32)
+			if err != nil || perm > 0o777 {
+				return usageError{fmt.Errorf("--mode %q: want an octal file mode such as 0600", mode)}
+			}
+			region, err := shm.Create(a[0], shm.Options{
+				Geometry: shm.Geometry{IndexSlots: uint32(slots), DataBytes: size, ReaderSlots: uint32(readers), UniqueSlots: uint32(unique)},
+				Perm:     os.FileMode(perm),
+			})
+			if err != nil {
+				return err
+			}
+			defer region.Close()
+			g := region.Geometry()
+			fmt.Fprintf(stdout, "created %s: %d index slots, %d data bytes, %d reader slots, %d unique slots, mode %04o\n",
+				a[0], g.IndexSlots, g.DataBytes, g.ReaderSlots, g.UniqueSlots, perm)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.Uint64Var(&size, "size", 0, "data bytes, a power of two (default 4 MiB)")
+	f.Uint64Var(&slots, "slots", 0, "index slots: most events held at once, a power of two (default 16384)")
+	f.Uint64Var(&readers, "readers", 0, "reader-registry slots (default 64)")
+	f.Uint64Var(&unique, "unique", 0, "unique-table entries (default 1024)")
+	f.StringVar(&mode, "mode", "0600", "file mode, octal")
+	return cmd
+}
+
+func rmCmd(stdout io.Writer) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm PATH",
+		Short: "Remove a ring file (refuses while live readers are attached)",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			r, err := openRing(a[0])
+			if err != nil {
+				return err
+			}
+			live := 0
+			for _, rd := range r.Readers() {
+				if rd.Alive {
+					live++
+				}
+			}
+			r.Close()
+			if live > 0 && !force {
+				return fmt.Errorf("%s: %d live readers attached (use --force to remove it anyway)", a[0], live)
+			}
+			if err := shm.Remove(a[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "removed %s\n", a[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "remove even while live readers are attached")
+	return cmd
+}

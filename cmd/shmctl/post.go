@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shmring/shmring/events"
+)
+
+func postCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
+	var unique string
+	cmd := &cobra.Command{
+		Use:   "post PATH SOURCE NAME [DATA | -]",
+		Short: "Post one event (data from the argument, or stdin with -) and print its sequence number",
+		Args:  args(cobra.RangeArgs(3, 4)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			var data []byte
+			if len(a) == 4 {
+				data = []byte(a[3])
+				if a[3] == "-" {
+					var err error
+					if data, err = io.ReadAll(stdin); err != nil {
+						return fmt.Errorf("read stdin: %w", err)
+					}
+				}
+			}
+			// An observer posts no started/stopping events of its own.
+			bus, err := events.Open(events.Options{Path: a[0], Mode: events.Manual, Observe: true, MustExist: true})
+			if err != nil {
+				return err
+			}
+			defer bus.Close()
+			var seq uint64
+			if unique != "" {
+				seq, err = bus.PublishUnique(a[1], a[2], data, unique)
+			} else {
+				seq, err = bus.Publish(a[1], a[2], data)
+			}
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(stdout, seq)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&unique, "unique", "", "post as a unique event with this key: exactly one process runs it")
+	return cmd
+}

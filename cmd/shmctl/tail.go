@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shmring/shmring/events"
+)
+
+// TailEvent is one line of `tail --json`.
+type TailEvent struct {
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	PID        int       `json:"pid"`
+	Source     string    `json:"source"`
+	Name       string    `json:"name"`
+	Unique     string    `json:"unique,omitempty"`
+	Data       *string   `json:"data,omitempty"`
+	DataBase64 string    `json:"data_base64,omitempty"`
+}
+
+// printable reports whether data reads as text on a terminal.
+func printable(data []byte) bool {
+	if !utf8.Valid(data) {
+		return false
+	}
+	for _, r := range string(data) {
+		if !unicode.IsPrint(r) && r != ' ' && r != '\t' {
+			return false
+		}
+	}
+	return true
+}
+
+func parseFrom(s string) (events.StartAt, error) {
+	switch s {
+	case "latest":
+		return events.Latest, nil
+	case "oldest":
+		return events.Oldest, nil
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return events.StartAt{}, usageError{fmt.Errorf("--from %q: want latest, oldest or a sequence number", s)}
+	}
+	return events.AtSeq(seq), nil
+}
+
+func tailCmd(stdout io.Writer) *cobra.Command {
+	var from, source, name string
+	var follow, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "tail PATH",
+		Short: "Print events from the ring, and follow new ones with --follow",
+		Long: "tail prints the events in the ring from --from on. With --follow it then waits for new ones, " +
+			"woken by the ring's futex. It only watches: it takes no reader slot and no part in unique claims.",
+		Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			start, err := parseFrom(from)
+			if err != nil {
+				return err
+			}
+			mode := events.Manual
+			if follow {
+				mode = events.Wake
+			}
+			out := bufio.NewWriter(stdout)
+			var mu sync.Mutex // the poller goroutine prints; the caller flushes
+			var werr error
+			handler := func(e *events.Event) {
+				if (source != "" && e.Source != source) || (name != "" && e.Name != name) {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if werr == nil {
+					werr = printEvent(out, e, asJSON)
+				}
+				if follow && werr == nil {
+					werr = out.Flush()
+				}
+			}
+			bus, err := events.Open(events.Options{
+				Path: a[0], Mode: mode, StartAt: start, Observe: true, MustExist: true,
+				Setup: func(b *events.Bus) { b.Register(handler, "") },
+			})
+			if err != nil {
+				return err
+			}
+			if follow {
+				<-cmd.Context().Done() // SIGINT or SIGTERM
+			} else if _, err := bus.Poll(); err != nil {
+				bus.Close()
+				return err
+			}
+			closeErr := bus.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if werr == nil {
+				werr = out.Flush()
+			}
+			if werr != nil {
+				return fmt.Errorf("write: %w", werr)
+			}
+			return closeErr
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&from, "from", "latest", "where to start: latest, oldest, or a sequence number")
+	f.BoolVarP(&follow, "follow", "f", false, "wait for new events until interrupted")
+	f.StringVar(&source, "source", "", "only events of this source")
+	f.StringVar(&name, "name", "", "only events with this name")
+	f.BoolVar(&asJSON, "json", false, "print one JSON object per event")
+	return cmd
+}
+
+func printEvent(w io.Writer, e *events.Event, asJSON bool) error {
+	if asJSON {
+		te := TailEvent{Seq: e.Seq, Time: e.Posted, PID: e.PID, Source: e.Source, Name: e.Name, Unique: e.Unique}
+		if printable(e.Data) {
+			s := string(e.Data)
+			te.Data = &s
+		} else {
+			te.DataBase64 = base64.StdEncoding.EncodeToString(e.Data)
+		}
+		b, err := json.Marshal(te)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	}
+	data := strconv.Quote(string(e.Data))
+	if !printable(e.Data) {
+		data = "base64:" + base64.StdEncoding.EncodeToString(e.Data)
+	}
+	unique := ""
+	if e.Unique != "" {
+		unique = " unique=" + strconv.Quote(e.Unique)
+	}
+	_, err := fmt.Fprintf(w, "%d %s pid %d %s/%s%s %s\n", e.Seq, e.Posted.Format(time.RFC3339Nano), e.PID, e.Source, e.Name, unique, data)
+	return err
+}
