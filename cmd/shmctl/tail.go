@@ -127,7 +127,7 @@ func tailCmd(stdout io.Writer) *cobra.Command {
 func printEvent(w io.Writer, e *events.Event, asJSON bool) error {
 	if asJSON {
 		te := TailEvent{Seq: e.Seq, Time: e.Posted, PID: e.PID, Source: e.Source, Name: e.Name, Unique: e.Unique}
-		if printable(e.Data) {
+		if utf8.Valid(e.Data) { // JSON escapes the rest of what text can hold
 			s := string(e.Data)
 			te.Data = &s
 		} else {

@@ -7,6 +7,28 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// VerifyReport is what `verify --json` prints.
+type VerifyReport struct {
+	Path    string `json:"path"`
+	Next    uint64 `json:"next"`
+	Oldest  uint64 `json:"oldest"`
+	Checked int    `json:"checked"`
+	Entries struct {
+		Committed int `json:"committed"`
+		Abandoned int `json:"abandoned"`
+		Busy      int `json:"busy"`
+		Empty     int `json:"empty"`
+		Stale     int `json:"stale"`
+	} `json:"entries"`
+	Problems []VerifyProblem `json:"problems"`
+}
+
+// VerifyProblem is one problem verify found.
+type VerifyProblem struct {
+	Where string `json:"where"`
+	What  string `json:"what"`
+}
+
 func verifyCmd(stdout io.Writer) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -24,7 +46,13 @@ func verifyCmd(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if err := writeJSON(stdout, rep); err != nil {
+				out := VerifyReport{Path: a[0], Next: rep.Next, Oldest: rep.Oldest, Checked: rep.Checked, Problems: []VerifyProblem{}}
+				out.Entries.Committed, out.Entries.Abandoned = rep.Entries.Committed, rep.Entries.Abandoned
+				out.Entries.Busy, out.Entries.Empty, out.Entries.Stale = rep.Entries.Busy, rep.Entries.Empty, rep.Entries.Stale
+				for _, p := range rep.Problems {
+					out.Problems = append(out.Problems, VerifyProblem{Where: p.Where, What: p.What})
+				}
+				if err := writeJSON(stdout, out); err != nil {
 					return err
 				}
 			} else {
