@@ -997,6 +997,19 @@ func TestVerify(t *testing.T) {
 	assert.Equal(t, 1, code, "verify --json on a damaged ring; stdout %q stderr %q", out, errOut)
 	assert.True(t, isJSONOutput(out), "verify --json: %q", out)
 	assert.Contains(t, strings.ToLower(out+errOut), "checksum")
+	var rep struct {
+		Path     string `json:"path"`
+		Checked  int    `json:"checked"`
+		Problems []struct {
+			Where string `json:"where"`
+			What  string `json:"what"`
+		} `json:"problems"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	assert.Equal(t, path, rep.Path)
+	require.Len(t, rep.Problems, 1)
+	assert.Contains(t, rep.Problems[0].Where, "index entry")
+	assert.Contains(t, rep.Problems[0].What, "checksum")
 }
 
 // isJSONOutput reports whether out is one JSON value or one per line.

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -27,19 +26,6 @@ type TailEvent struct {
 	Unique     string    `json:"unique,omitempty"`
 	Data       *string   `json:"data,omitempty"`
 	DataBase64 string    `json:"data_base64,omitempty"`
-}
-
-// printable reports whether data reads as text on a terminal.
-func printable(data []byte) bool {
-	if !utf8.Valid(data) {
-		return false
-	}
-	for _, r := range string(data) {
-		if !unicode.IsPrint(r) && r != ' ' && r != '\t' {
-			return false
-		}
-	}
-	return true
 }
 
 func parseFrom(s string) (events.StartAt, error) {
@@ -140,8 +126,8 @@ func printEvent(w io.Writer, e *events.Event, asJSON bool) error {
 		_, err = fmt.Fprintf(w, "%s\n", b)
 		return err
 	}
-	data := strconv.Quote(string(e.Data))
-	if !printable(e.Data) {
+	data := strconv.Quote(string(e.Data)) // escapes control characters
+	if !utf8.Valid(e.Data) {
 		data = "base64:" + base64.StdEncoding.EncodeToString(e.Data)
 	}
 	unique := ""
