@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -268,9 +269,12 @@ type Bus struct {
 	handlers atomic.Pointer[[]*Registration] // copy on write under regMu
 	subs     map[*subscription]struct{}      // under regMu
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
-	poller sync.WaitGroup
+	ctx      context.Context // cancelled by Close
+	cancel   context.CancelFunc
+	poller   sync.WaitGroup
+	done     chan struct{} // closed by stop
+	stopOnce sync.Once
+	stopErr  error // why the bus stopped, if not by Close; set before done closes
 
 	stats struct {
 		posted, received, handled, dropped, panics, local atomic.Uint64
@@ -329,6 +333,7 @@ func Open(opts Options) (*Bus, error) {
 	b.cursor.Store(rd.Cursor())
 	b.handlers.Store(new([]*Registration))
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.done = make(chan struct{})
 	if opts.Setup != nil {
 		opts.Setup(b)
 	}
@@ -434,6 +439,7 @@ func (b *Bus) teardown(onPoller bool) error {
 	if cerr := b.ring.Close(); err == nil {
 		err = cerr
 	}
+	b.stop(nil)
 	if err != nil {
 		return fmt.Errorf("events: close %s: %w", b.opts.Path, err)
 	}
@@ -471,7 +477,7 @@ func (b *Bus) Publish(source, name string, data []byte) (seq uint64, err error) 
 	return b.publish(source, name, "", data)
 }
 
-func (b *Bus) publish(source, name, unique string, data []byte) (uint64, error) {
+func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err error) {
 	if err := checkNames(source, name); err != nil {
 		return 0, err
 	}
@@ -484,6 +490,7 @@ func (b *Bus) publish(source, name, unique string, data []byte) (uint64, error) 
 	if b.closed.Load() {
 		return 0, ErrClosed
 	}
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	posted := clock.WallNano()
 	seq, err := b.ring.AppendFunc(n, func(dst []byte) {
 		encode(dst, source, name, unique, data, b.pid, posted)
@@ -636,7 +643,10 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 
 // drain reads until the ring and the local queue are empty. It runs under
 // pollMu.
-func (b *Bus) drain() error {
+func (b *Bus) drain() (err error) {
+	// A file truncated under the mapping faults on access: an error for
+	// this bus, not a crash of the process.
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	defer b.mirrorReaderStats()
 	for !b.closed.Load() { // a handler may close the bus
 		rec, err := b.rd.Read()
@@ -800,12 +810,17 @@ func (b *Bus) run() {
 			}
 			b.opts.Logger.Error("events: poll failed", "path", b.opts.Path, "err", err)
 			if errors.Is(err, ring.ErrFault) {
-				return // the mapping is gone; every later poll would fail too
+				b.stop(err) // the mapping is gone; every later poll would fail too
+				return
 			}
 		}
 		switch b.opts.Mode {
 		case Wake:
-			if err := b.rd.WaitNext(b.ctx, b.cursor.Load(), 0); err != nil && b.ctx.Err() == nil {
+			if err := b.waitNext(); errors.Is(err, ring.ErrFault) {
+				b.opts.Logger.Error("events: wait failed", "path", b.opts.Path, "err", err)
+				b.stop(err)
+				return
+			} else if err != nil && b.ctx.Err() == nil {
 				b.opts.Logger.Error("events: wait failed", "path", b.opts.Path, "err", err)
 				select {
 				case <-b.ctx.Done():
@@ -830,6 +845,36 @@ func (b *Bus) run() {
 				}
 			}
 		}
+	}
+}
+
+// waitNext sleeps until the ring holds an event past the cursor.
+func (b *Bus) waitNext() (err error) {
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+	return b.rd.WaitNext(b.ctx, b.cursor.Load(), 0)
+}
+
+// stop marks the bus as stopped, by Close (err nil) or by a failure.
+func (b *Bus) stop(err error) {
+	b.stopOnce.Do(func() {
+		b.stopErr = err
+		close(b.done)
+	})
+}
+
+// Done returns a channel that is closed when the bus stops handling
+// events: when Close has released it, or when its poller met an error it
+// cannot recover from (the region's file was truncated); Err says which.
+func (b *Bus) Done() <-chan struct{} { return b.done }
+
+// Err returns, once Done is closed, the error that stopped the bus, or nil
+// if Close did.
+func (b *Bus) Err() error {
+	select {
+	case <-b.done:
+		return b.stopErr
+	default:
+		return nil
 	}
 }
 

@@ -734,3 +734,28 @@ func TestMustExist(t *testing.T) {
 	b := openBus(t, Options{Path: path, Mode: Manual, MustExist: true})
 	assert.Equal(t, path, b.Path())
 }
+
+func TestDoneAfterCloseAndAfterTruncation(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	select {
+	case <-b.Done():
+		t.Fatal("Done closed before Close")
+	default:
+	}
+	require.NoError(t, b.Close())
+	<-b.Done()
+	assert.NoError(t, b.Err())
+
+	// A Wake-mode bus whose file is truncated under it stops with ErrFault.
+	path := filepath.Join(t.TempDir(), "bus")
+	w := openBus(t, Options{Path: path})
+	tx := openBus(t, Options{Path: path, Mode: Manual})
+	require.NoError(t, os.Truncate(path, 4096))
+	_, _ = tx.Publish("t", "e", nil) // may fault in this process too: it is recovered or not reached
+	select {
+	case <-w.Done():
+		assert.ErrorIs(t, w.Err(), ring.ErrFault)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bus did not stop after its file was truncated")
+	}
+}

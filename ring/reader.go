@@ -212,7 +212,7 @@ func (rd *Reader) Stats() ReaderStats { return rd.stats }
 func (rd *Reader) Slot() int { return rd.slotIndex }
 
 // Close releases the reader's registry slot. It is idempotent.
-func (rd *Reader) Close() error {
+func (rd *Reader) Close() (err error) {
 	if rd.closed {
 		return nil
 	}
@@ -224,11 +224,16 @@ func (rd *Reader) Close() error {
 	r.readersMu.Lock()
 	defer r.readersMu.Unlock()
 	if !r.closed.Load() {
-		rd.publish()
+		delete(r.readers, rd)
+		slot := rd.slot
+		rd.slot = nil
+		// The file may have been truncated under us: then the slot is gone
+		// with it, and the fault is an error, not a crash.
+		defer RecoverFault(debug.SetPanicOnFault(true), &err)
+		rd.publishTo(slot)
 		// Full barrier: the slot's counters are final before it reads as
 		// free, and a slot someone else took over is left alone.
-		rd.slot.owner.CompareAndSwap(rd.slotOwner, 0)
-		delete(r.readers, rd)
+		slot.owner.CompareAndSwap(rd.slotOwner, 0)
 	}
 	rd.slot = nil
 	return nil
@@ -283,7 +288,7 @@ func (rd *Reader) fill() (err error) {
 	}
 	// A file truncated under the mapping raises SIGBUS on access; turn
 	// that into an error for this reader instead of a crash of the process.
-	defer recoverFault(debug.SetPanicOnFault(true), &err)
+	defer RecoverFault(debug.SetPanicOnFault(true), &err)
 	r := rd.ring
 	rd.next = 0
 	rd.fills++
@@ -327,9 +332,12 @@ func (rd *Reader) fill() (err error) {
 	}
 }
 
-// recoverFault restores the goroutine's panic-on-fault setting and turns a
-// memory fault into ErrFault. Other panics go on.
-func recoverFault(old bool, err *error) {
+// RecoverFault restores the goroutine's panic-on-fault setting and turns a
+// memory fault into ErrFault. Other panics go on. Defer it, for code that
+// touches the mapped region and must survive its file being truncated:
+//
+//	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+func RecoverFault(old bool, err *error) {
 	debug.SetPanicOnFault(old)
 	p := recover()
 	if p == nil {
@@ -700,8 +708,9 @@ func (rd *Reader) Sync() {
 }
 
 // publish copies the reader's cursor and counters into its registry slot.
-func (rd *Reader) publish() {
-	s := rd.slot
+func (rd *Reader) publish() { rd.publishTo(rd.slot) }
+
+func (rd *Reader) publishTo(s *readerSlot) {
 	if s.owner.Load() != rd.slotOwner {
 		return // reclaimed by mistake and taken by another reader: not ours to write
 	}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -133,17 +134,28 @@ func (r *Ring) Close() error {
 	if r.closed.Swap(true) {
 		return nil
 	}
+	faultErr := r.releaseSlots()
+	if r.region != nil {
+		if err := r.region.Close(); err != nil {
+			return err
+		}
+	}
+	return faultErr
+}
+
+// releaseSlots frees the registry slots of the ring's open readers. A file
+// truncated under the mapping makes that fault: it returns ErrFault then,
+// and Close still unmaps.
+func (r *Ring) releaseSlots() (err error) {
 	r.readersMu.Lock()
+	defer r.readersMu.Unlock()
+	defer RecoverFault(debug.SetPanicOnFault(true), &err)
 	for rd := range r.readers {
 		if rd.slot != nil {
 			rd.slot.owner.CompareAndSwap(rd.slotOwner, 0) // see Reader.Close
 		}
 	}
 	r.readers = nil
-	r.readersMu.Unlock()
-	if r.region != nil {
-		return r.region.Close()
-	}
 	return nil
 }
 

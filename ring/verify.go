@@ -104,7 +104,7 @@ func (r *Ring) Verify() (rep Report, err error) {
 		}
 		rep = v.rep
 	}()
-	defer recoverFault(debug.SetPanicOnFault(true), &err)
+	defer RecoverFault(debug.SetPanicOnFault(true), &err)
 
 	v.checkControl()
 	for i := range r.index {
