@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -176,8 +177,8 @@ func infoCmd(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			info, err := inspect(r)
-			if err != nil {
+			var info Info
+			if err := guard(a[0], func() (err error) { info, err = inspect(r); return err }); err != nil {
 				return err
 			}
 			if asJSON {
@@ -225,7 +226,10 @@ func readersCmd(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			rows := readerRows(r)
+			var rows []ReaderRow
+			if err := guard(a[0], func() error { rows = readerRows(r); return nil }); err != nil {
+				return err
+			}
 			if asJSON {
 				return writeJSON(stdout, rows)
 			}
@@ -251,7 +255,8 @@ func readersCmd(stdout io.Writer) *cobra.Command {
 }
 
 func createCmd(stdout io.Writer) *cobra.Command {
-	var size, slots, readers, unique uint64
+	var size uint64
+	var slots, readers, unique uint32
 	var mode string
 	cmd := &cobra.Command{
 		Use:   "create PATH",
@@ -263,9 +268,12 @@ func createCmd(stdout io.Writer) *cobra.Command {
 				return usageError{fmt.Errorf("--mode %q: want an octal file mode such as 0600", mode)}
 			}
 			region, err := shm.Create(a[0], shm.Options{
-				Geometry: shm.Geometry{IndexSlots: uint32(slots), DataBytes: size, ReaderSlots: uint32(readers), UniqueSlots: uint32(unique)},
+				Geometry: shm.Geometry{IndexSlots: slots, DataBytes: size, ReaderSlots: readers, UniqueSlots: unique},
 				Perm:     os.FileMode(perm),
 			})
+			if errors.Is(err, shm.ErrGeometry) {
+				return usageError{err}
+			}
 			if err != nil {
 				return err
 			}
@@ -278,9 +286,9 @@ func createCmd(stdout io.Writer) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.Uint64Var(&size, "size", 0, "data bytes, a power of two (default 4 MiB)")
-	f.Uint64Var(&slots, "slots", 0, "index slots: most events held at once, a power of two (default 16384)")
-	f.Uint64Var(&readers, "readers", 0, "reader-registry slots (default 64)")
-	f.Uint64Var(&unique, "unique", 0, "unique-table entries (default 1024)")
+	f.Uint32Var(&slots, "slots", 0, "index slots: most events held at once, a power of two (default 16384)")
+	f.Uint32Var(&readers, "readers", 0, "reader-registry slots (default 64)")
+	f.Uint32Var(&unique, "unique", 0, "unique-table entries (default 1024)")
 	f.StringVar(&mode, "mode", "0600", "file mode, octal")
 	return cmd
 }
@@ -294,19 +302,41 @@ func rmCmd(stdout io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, a []string) error {
 			r, err := openRing(a[0])
 			if err != nil {
+				// A damaged ring of ours (its magic is there) may go with
+				// --force; a file that is not a ring never does.
+				if force && (errors.Is(err, shm.ErrTruncated) || errors.Is(err, shm.ErrCorrupt) || errors.Is(err, shm.ErrVersion)) {
+					if rerr := os.Remove(a[0]); rerr != nil {
+						return rerr
+					}
+					fmt.Fprintf(stdout, "removed %s (damaged: %v)\n", a[0], err)
+					return nil
+				}
 				return err
 			}
 			live := 0
-			for _, rd := range r.Readers() {
-				if rd.Alive {
-					live++
+			gerr := guard(a[0], func() error {
+				for _, rd := range r.Readers() {
+					if rd.Alive {
+						live++
+					}
 				}
-			}
+				return nil
+			})
 			r.Close()
+			if gerr != nil && !force {
+				return gerr
+			}
 			if live > 0 && !force {
 				return fmt.Errorf("%s: %d live readers attached (use --force to remove it anyway)", a[0], live)
 			}
-			if err := shm.Remove(a[0]); err != nil {
+			// A reader may attach between the check and the unlink; it keeps
+			// its mapping and the file's blocks until it closes.
+			if gerr != nil {
+				err = os.Remove(a[0])
+			} else {
+				err = shm.Remove(a[0])
+			}
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "removed %s\n", a[0])

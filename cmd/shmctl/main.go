@@ -16,14 +16,20 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/shmring/shmring/ring"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal asks the command to finish; a second one kills it
+	// (the default action, restored once the first has arrived).
+	context.AfterFunc(ctx, stop)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -73,6 +79,19 @@ func isUsage(err error) bool {
 		}
 	}
 	return false
+}
+
+// guard runs f, turning a memory fault in the mapped ring (its file was
+// truncated under us) into an error naming path. The setting it changes is
+// per goroutine, so every goroutine that reads the ring needs its own.
+func guard(path string, f func() error) (err error) {
+	defer func() {
+		if err != nil && errors.Is(err, ring.ErrFault) {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
+	}()
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+	return f()
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }

@@ -16,15 +16,8 @@ func postCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
 		Short: "Post one event (data from the argument, or stdin with -) and print its sequence number",
 		Args:  args(cobra.RangeArgs(3, 4)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			var data []byte
-			if len(a) == 4 {
-				data = []byte(a[3])
-				if a[3] == "-" {
-					var err error
-					if data, err = io.ReadAll(stdin); err != nil {
-						return fmt.Errorf("read stdin: %w", err)
-					}
-				}
+			if a[1] == "" || a[2] == "" {
+				return usageError{fmt.Errorf("post %s: SOURCE and NAME must not be empty", a[0])}
 			}
 			// An observer posts no started/stopping events of its own.
 			bus, err := events.Open(events.Options{Path: a[0], Mode: events.Manual, Observe: true, MustExist: true})
@@ -32,6 +25,21 @@ func postCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
 				return err
 			}
 			defer bus.Close()
+			var data []byte
+			if len(a) == 4 {
+				data = []byte(a[3])
+				if a[3] == "-" {
+					// Read at most one byte more than fits, to say so.
+					limit := bus.MaxData(a[1], a[2], unique)
+					if data, err = io.ReadAll(io.LimitReader(stdin, int64(limit)+1)); err != nil {
+						return fmt.Errorf("post %s: read stdin: %w", a[0], err)
+					}
+					if len(data) > limit {
+						return fmt.Errorf("post %s: stdin holds more than the %d data bytes an event %s/%s can carry: %w",
+							a[0], limit, a[1], a[2], events.ErrTooBig)
+					}
+				}
+			}
 			var seq uint64
 			if unique != "" {
 				seq, err = bus.PublishUnique(a[1], a[2], data, unique)

@@ -56,7 +56,13 @@ func newRingCollector(r *ring.Ring) *ringCollector {
 func (c *ringCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
 
 func (c *ringCollector) Collect(ch chan<- prometheus.Metric) {
-	info, err := inspect(c.r)
+	var info Info
+	var rows []ReaderRow
+	err := guard(c.r.Region().Path(), func() (err error) {
+		info, err = inspect(c.r)
+		rows = readerRows(c.r)
+		return err
+	})
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.posted, err)
 		return
@@ -75,7 +81,7 @@ func (c *ringCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.slots, float64(info.Geometry.IndexSlots))
 	gauge(c.readers, float64(info.Readers.Live), "live")
 	gauge(c.readers, float64(info.Readers.Dead), "dead")
-	for _, r := range readerRows(c.r) {
+	for _, r := range rows {
 		l := []string{strconv.Itoa(r.Slot), strconv.Itoa(r.PID)}
 		gauge(c.lag, float64(r.Lag), l...)
 		counter(c.received, float64(r.Received), l...)
@@ -110,7 +116,12 @@ func serveCmd(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer r.Close()
+			unmap := true
+			defer func() {
+				if unmap {
+					r.Close()
+				}
+			}()
 			reg := prometheus.NewRegistry()
 			if err := reg.Register(newRingCollector(r)); err != nil {
 				return err
@@ -118,13 +129,18 @@ func serveCmd(stdout io.Writer) *cobra.Command {
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 			mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-				info, err := inspect(r)
+				var st Status
+				err := guard(a[0], func() (err error) {
+					st.Info, err = inspect(r)
+					st.Readers = readerRows(r)
+					return err
+				})
 				if err != nil {
 					http.Error(w, err.Error(), http.StatusInternalServerError)
 					return
 				}
 				w.Header().Set("Content-Type", "application/json")
-				writeJSON(w, Status{Info: info, Readers: readerRows(r)})
+				writeJSON(w, st)
 			})
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
@@ -141,7 +157,8 @@ func serveCmd(stdout io.Writer) *cobra.Command {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
 				if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-					return err
+					unmap = false // a handler may still read the ring; the process exits anyway
+					return fmt.Errorf("serve %s: shutdown: %w", a[0], err)
 				}
 				return nil
 			}

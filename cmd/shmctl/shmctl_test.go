@@ -1334,3 +1334,51 @@ func TestHelp(t *testing.T) {
 		assert.Contains(t, out, sub, "shmctl --help does not list %s", sub)
 	}
 }
+
+// A ring file truncated under the tool is an error naming the path, never a
+// crash: serve answers 500 and keeps serving, stats and tail --follow exit 1.
+func TestTruncatedUnderTheTool(t *testing.T) {
+	t.Parallel()
+	path := newTestRing(t)
+	serve := startTool(t, "serve", path, "--addr", "127.0.0.1:0")
+	re := regexp.MustCompile(`serving (http://\S+)`)
+	line, ok := serve.waitAnyLine(e2eWait, re.MatchString)
+	require.True(t, ok, "serve printed no address; stderr %q", serve.stderrText())
+	base := re.FindStringSubmatch(line)[1]
+	stats := startTool(t, "stats", path, "--interval", "50ms")
+	_, ok = stats.waitAnyLine(e2eWait, func(string) bool { return true })
+	require.True(t, ok, "stats printed nothing; stderr %q", stats.stderrText())
+	tail := startTool(t, "tail", path, "--follow")
+	// Truncate only once tail is following: it has printed an event.
+	bus := openTestBus(t, path, events.Options{Observe: true})
+	for deadline := time.Now().Add(e2eWait); ; {
+		publishEvent(t, bus, "app", "ping", nil)
+		if _, ok = tail.waitAnyLine(100*time.Millisecond, func(l string) bool { return strings.Contains(l, "app/ping") }); ok {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "tail --follow printed nothing; stderr %q", tail.stderrText())
+	}
+	require.NoError(t, bus.Close())
+
+	require.NoError(t, os.Truncate(path, 4096))
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, p := range []string{"/metrics", "/status"} {
+		resp, err := client.Get(base + p)
+		require.NoError(t, err, "serve died on %s", p)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusInternalServerError, resp.StatusCode, p)
+		assert.Contains(t, string(body), path, p)
+	}
+	for name, p := range map[string]*bgProcess{"stats": stats, "tail --follow": tail} {
+		select {
+		case <-p.done:
+		case <-time.After(e2eWait):
+			t.Fatalf("%s did not stop after the truncation", name)
+		}
+		assert.Equal(t, 1, p.cmd.ProcessState.ExitCode(), name)
+		assertErrorLine(t, p.stderrText(), path, name)
+		assertNoPanic(t, p.stderrText(), name)
+	}
+}

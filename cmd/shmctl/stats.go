@@ -16,15 +16,14 @@ import (
 
 // StatsTick is one line of `stats --json`.
 type StatsTick struct {
-	Time           time.Time  `json:"time"`
-	Next           uint64     `json:"next"`
-	PostedPerS     float64    `json:"posted_per_s"`
-	LostPerS       float64    `json:"lost_per_s"`
-	AbandonedPerS  float64    `json:"abandoned_per_s"`
-	Readers        []LagEntry `json:"readers"`
-	LiveReaders    int        `json:"live_readers"`
-	AsleepReaders  uint32     `json:"asleep_readers"`
-	intervalSecond float64
+	Time          time.Time  `json:"time"`
+	Next          uint64     `json:"next"`
+	PostedPerS    float64    `json:"posted_per_s"`
+	LostPerS      float64    `json:"lost_per_s"`
+	AbandonedPerS float64    `json:"abandoned_per_s"`
+	Readers       []LagEntry `json:"readers"`
+	LiveReaders   int        `json:"live_readers"`
+	AsleepReaders uint32     `json:"asleep_readers"`
 }
 
 // LagEntry is one reader's lag in a tick.
@@ -34,21 +33,37 @@ type LagEntry struct {
 	Lag   uint64 `json:"lag"`
 }
 
+// statsSample is one reading of the ring. lost is per reader identity
+// (slot and pid), so that a reader leaving or a slot changing hands does not
+// read as a change in the others' losses.
 type statsSample struct {
 	at        time.Time
 	next      uint64
 	abandoned uint64
-	lost      uint64
+	lost      map[[2]int]uint64
 }
 
-func sample(r *ring.Ring) (statsSample, []ring.ReaderInfo) {
-	c := r.Counters()
-	s := statsSample{at: time.Now(), next: c.Next, abandoned: c.Abandoned}
-	rs := r.Readers()
-	for _, rd := range rs {
-		s.lost += rd.Lost
+func sample(path string, r *ring.Ring) (statsSample, []ring.ReaderInfo, error) {
+	var s statsSample
+	var rs []ring.ReaderInfo
+	err := guard(path, func() error {
+		c := r.Counters()
+		s = statsSample{at: time.Now(), next: c.Next, abandoned: c.Abandoned, lost: map[[2]int]uint64{}}
+		rs = r.Readers()
+		for _, rd := range rs {
+			s.lost[[2]int{rd.Slot, rd.PID}] = rd.Lost
+		}
+		return nil
+	})
+	return s, rs, err
+}
+
+// delta is cur - prev, or 0 if the counter went backwards (a damaged word).
+func delta(cur, prev uint64) uint64 {
+	if cur < prev {
+		return 0
 	}
-	return s, rs
+	return cur - prev
 }
 
 func isTerminal(w io.Writer) bool {
@@ -79,7 +94,10 @@ func statsCmd(stdout io.Writer) *cobra.Command {
 			}
 			defer r.Close()
 			tty := isTerminal(stdout) && !asJSON
-			prev, _ := sample(r)
+			prev, _, err := sample(a[0], r)
+			if err != nil {
+				return err
+			}
 			tick := time.NewTicker(interval)
 			defer tick.Stop()
 			for n := 0; count <= 0 || n < count; n++ {
@@ -88,18 +106,22 @@ func statsCmd(stdout io.Writer) *cobra.Command {
 					return nil
 				case <-tick.C:
 				}
-				cur, readers := sample(r)
+				cur, readers, err := sample(a[0], r)
+				if err != nil {
+					return err
+				}
 				dt := cur.at.Sub(prev.at).Seconds()
 				t := StatsTick{
 					Time: cur.at, Next: cur.next,
-					PostedPerS:    float64(cur.next-prev.next) / dt,
-					AbandonedPerS: float64(cur.abandoned-prev.abandoned) / dt,
+					PostedPerS:    float64(delta(cur.next, prev.next)) / dt,
+					AbandonedPerS: float64(delta(cur.abandoned, prev.abandoned)) / dt,
 					Readers:       []LagEntry{},
-					AsleepReaders: r.Counters().Waiters,
 				}
-				if cur.lost >= prev.lost { // a reader leaving takes its count with it
-					t.LostPerS = float64(cur.lost-prev.lost) / dt
+				lost := uint64(0)
+				for id, l := range cur.lost {
+					lost += delta(l, prev.lost[id]) // a new reader counts from 0
 				}
+				t.LostPerS = float64(lost) / dt
 				for _, rd := range readers {
 					e := LagEntry{PID: rd.PID, Alive: rd.Alive}
 					if cur.next > rd.Cursor {
@@ -107,6 +129,9 @@ func statsCmd(stdout io.Writer) *cobra.Command {
 					}
 					if rd.Alive {
 						t.LiveReaders++
+					}
+					if rd.Waiting {
+						t.AsleepReaders++
 					}
 					t.Readers = append(t.Readers, e)
 				}

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/shm"
 )
 
 // TailEvent is one line of `tail --json`.
@@ -26,6 +30,39 @@ type TailEvent struct {
 	Unique     string    `json:"unique,omitempty"`
 	Data       *string   `json:"data,omitempty"`
 	DataBase64 string    `json:"data_base64,omitempty"`
+}
+
+// followUntilDone waits until the command is interrupted or the bus stops
+// on its own (its file truncated under it). It also notices a truncation
+// while the ring is idle, which no read would meet.
+func followUntilDone(ctx context.Context, path string, bus *events.Bus) error {
+	want := int64(bus.Ring().Region().Sections().FileSize)
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done(): // SIGINT or SIGTERM
+			return nil
+		case <-bus.Done():
+			return fmt.Errorf("tail %s: %w", path, bus.Err())
+		case <-check.C:
+			if fi, err := os.Stat(path); err == nil && fi.Size() < want {
+				return fmt.Errorf("tail %s: file truncated to %d bytes, the ring needs %d: %w", path, fi.Size(), want, shm.ErrTruncated)
+			}
+		}
+	}
+}
+
+// lockWithin takes mu unless that takes longer than d.
+func lockWithin(mu *sync.Mutex, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !mu.TryLock() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
 
 func parseFrom(s string) (events.StartAt, error) {
@@ -83,20 +120,27 @@ func tailCmd(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var runErr error
 			if follow {
-				<-cmd.Context().Done() // SIGINT or SIGTERM
+				runErr = followUntilDone(cmd.Context(), a[0], bus)
 			} else if _, err := bus.Poll(); err != nil {
-				bus.Close()
-				return err
+				runErr = err
 			}
 			closeErr := bus.Close()
-			mu.Lock()
+			// A handler blocked on a full pipe holds mu: do not wait for it
+			// for ever, or a signal could not end the command.
+			if !lockWithin(&mu, time.Second) {
+				return errors.Join(runErr, fmt.Errorf("tail %s: output blocked", a[0]))
+			}
 			defer mu.Unlock()
 			if werr == nil {
 				werr = out.Flush()
 			}
 			if werr != nil {
-				return fmt.Errorf("write: %w", werr)
+				return errors.Join(runErr, fmt.Errorf("tail %s: write: %w", a[0], werr))
+			}
+			if runErr != nil {
+				return runErr
 			}
 			return closeErr
 		},

@@ -43,7 +43,7 @@ func verifyCmd(stdout io.Writer) *cobra.Command {
 			defer r.Close()
 			rep, err := r.Verify()
 			if err != nil {
-				return err
+				return fmt.Errorf("verify %s: %w", a[0], err)
 			}
 			if asJSON {
 				out := VerifyReport{Path: a[0], Next: rep.Next, Oldest: rep.Oldest, Checked: rep.Checked, Problems: []VerifyProblem{}}
