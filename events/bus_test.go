@@ -746,16 +746,32 @@ func TestDoneAfterCloseAndAfterTruncation(t *testing.T) {
 	<-b.Done()
 	assert.NoError(t, b.Err())
 
-	// A Wake-mode bus whose file is truncated under it stops with ErrFault.
+	// A Wake-mode bus whose file is truncated under it stops with ErrFault
+	// the next time it reads: here, as soon as a handler it is running
+	// returns. (Asleep on an idle ring it has nothing to read, and notices
+	// nothing.)
 	path := filepath.Join(t.TempDir(), "bus")
-	w := openBus(t, Options{Path: path})
+	inHandler, release := make(chan struct{}), make(chan struct{})
+	w := openBus(t, Options{Path: path, Setup: func(b *Bus) {
+		b.Register(func(*Event) { close(inHandler); <-release }, "t", "block")
+	}})
 	tx := openBus(t, Options{Path: path, Mode: Manual})
+	_, err := tx.Publish("t", "block", nil)
+	require.NoError(t, err)
+	<-inHandler
+	_, err = tx.Publish("t", "next", nil) // something for the drain to read on
+	require.NoError(t, err)
 	require.NoError(t, os.Truncate(path, 4096))
-	_, _ = tx.Publish("t", "e", nil) // may fault in this process too: it is recovered or not reached
+	close(release)
 	select {
 	case <-w.Done():
 		assert.ErrorIs(t, w.Err(), ring.ErrFault)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the bus did not stop after its file was truncated")
 	}
+	// A Manual bus gets the fault from Poll; a post gets it as an error.
+	_, err = tx.Poll()
+	assert.ErrorIs(t, err, ring.ErrFault)
+	_, err = tx.Publish("t", "e", nil)
+	assert.ErrorIs(t, err, ring.ErrFault)
 }
