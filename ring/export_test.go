@@ -6,10 +6,9 @@ package ring
 type HookPoint = hookPoint
 
 const (
-	// HookClaimed: the sequence number is claimed, the index entry untouched.
+	// HookClaimed: the sequence number is claimed, the commit CAS on its
+	// index word not tried yet (nor the record's checksum written).
 	HookClaimed = hookClaimed
-	// HookBusy: the entry is marked busy(seq), its fields not written.
-	HookBusy = hookBusy
 )
 
 // SetHook installs f to run at each hook point of every append on r. Set it

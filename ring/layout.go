@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"math/bits"
 	"sync/atomic"
 	"unsafe"
 
@@ -23,24 +24,29 @@ import (
 //	400      528      8     lateCommits  producers whose entry was
 //	                                     abandoned or reused           operators
 //
-// Index entry (shm.IndexEntrySize = 32 bytes, N of them, entry i holds
-// sequence numbers s with s mod N == i):
+// Index entry (shm.IndexEntrySize = 8 bytes, eight per cache line, N of
+// them; entry i holds sequence numbers s with s mod N == i). One word, P and
+// L = 62 - P derived from the geometry (shm.Geometry.PositionBits):
 //
-//	off  size  field    notes
-//	0    8     stamp    seq<<2 | state; state 1 busy, 2 committed, 3 abandoned;
-//	                    0 is a never-written entry and never reads as committed
-//	8    8     dataPos  monotonic data-ring position of the record's first byte
-//	16   4     length   record length in bytes
-//	20   4     crc      CRC32C(record) ^ seqMix(seq)
-//	24   8     touch    scratch: producers store to it to own the line early
+//	bits     field  notes
+//	0..P-1   pos    the record's monotonic data-ring position mod 2^P
+//	P..61    lap    seq / N mod 2^L
+//	62..63   state  0 never written (the whole word is 0), 2 committed,
+//	                3 abandoned (pos bits 0); 1 is not used
 //
-// dataPos, length and crc are seqlock-protected like the record bytes: the
-// producer writes them between its busy CAS and its commit CAS on stamp, and
-// a reader uses them only if stamp is the same committed value before and
-// after it copied them. The producer writes them by CAS from the values it
-// found after its busy CAS, so a producer that lost the entry while paused
-// (abandoned, then reused by a later lap) cannot overwrite the fields of the
-// entry's next owner: its CAS fails and it reports ErrAbandoned.
+// The word alone says which sequence number it belongs to: lap and entry
+// index give seq mod N*2^L, and a reader knows the seq it looks for. A
+// producer commits with one CAS from the word it loaded, which must be zero
+// or of an earlier lap, to committed(lap, pos); a reader abandons with one
+// CAS from such a word to abandoned(lap). A producer that finds its own lap
+// or a later one lost its entry and reports ErrAbandoned; it has nothing else
+// in the entry that it could overwrite. Laps compare modulo 2^L: a word is of
+// an earlier lap if it lies less than 2^(L-1) laps behind.
+//
+// A reader recovers the full position from dataTail, loaded after seqTail:
+// pos = dataTail - ((dataTail - posLow) mod 2^P). The record's bytes were
+// claimed before its sequence number, so pos < dataTail, and fewer than 2^P
+// bytes were claimed since (see shm.Geometry.PositionBits).
 //
 // Reader slot (shm.ReaderSlotSize = 64 bytes, R of them):
 //
@@ -58,8 +64,19 @@ import (
 // Only the owner writes the slot's counters; anyone may read them.
 //
 // Data ring: shm.Region.Data, DataBytes bytes mapped twice back to back, so
-// the record at dataPos occupies data[dataPos mod D : dataPos mod D + length]
-// without wrapping. Records are packed with no header and no padding.
+// the record at pos occupies data[pos mod D : pos mod D + 8 + length] without
+// wrapping. Records are packed with no padding, each behind a header of
+// shm.RecordHeaderSize = 8 bytes:
+//
+//	off  size  field   written by the producer
+//	0    4     length  with the payload, before it claims a sequence number
+//	4    4     crc     CRC32C(payload) ^ seqMix(seq), after it claims seq and
+//	                   before its commit CAS
+//	8    len   payload with the length
+//
+// A record's bytes are protected by the overwrite check (a record whose
+// position lies more than D behind dataTail may have been overwritten) and
+// by the checksum, which ties them to one sequence number.
 
 type control struct {
 	seqTail     atomic.Uint64
@@ -76,14 +93,8 @@ type control struct {
 }
 
 type entry struct {
-	stamp   atomic.Uint64
-	dataPos atomic.Uint64
-	meta    atomic.Uint64 // length | crc<<32: bytes 16-19 length, 20-23 crc
-	touch   uint64        // written, never read: see Ring.touch
+	word atomic.Uint64
 }
-
-func packMeta(length, crc uint32) uint64       { return uint64(length) | uint64(crc)<<32 }
-func unpackMeta(m uint64) (length, crc uint32) { return uint32(m), uint32(m >> 32) }
 
 type readerSlot struct {
 	owner     atomic.Uint64
@@ -104,17 +115,84 @@ var (
 	_ [512]byte                = [unsafe.Sizeof(control{})]byte{}
 )
 
-// Stamp states.
+// Index word states (bits 62-63).
 const (
-	stateBusy      = 1
 	stateCommitted = 2
 	stateAbandoned = 3
-	stateMask      = 3
+	stateShift     = 62
 )
 
-func stamp(seq uint64, state uint64) uint64 { return seq<<2 | state }
-func stampSeq(st uint64) uint64             { return st >> 2 }
-func stampState(st uint64) uint64           { return st & stateMask }
+// hdrSize is the size of a record's header in the data ring.
+const hdrSize = shm.RecordHeaderSize
+
+// wordFormat encodes and decodes index words for one geometry.
+type wordFormat struct {
+	posBits    uint   // P
+	posMask    uint64 // 2^P - 1
+	lapMask    uint64 // 2^L - 1
+	lapHalf    uint64 // 2^(L-1)
+	indexShift uint   // log2 N
+}
+
+func newWordFormat(g shm.Geometry) wordFormat {
+	p := g.PositionBits()
+	l := shm.IndexWordBits - p
+	return wordFormat{
+		posBits:    p,
+		posMask:    1<<p - 1,
+		lapMask:    1<<l - 1,
+		lapHalf:    1 << (l - 1),
+		indexShift: uint(bits.TrailingZeros32(g.IndexSlots)),
+	}
+}
+
+// lap returns the lap field for seq.
+func (f wordFormat) lap(seq uint64) uint64 { return seq >> f.indexShift & f.lapMask }
+
+// committed returns the word of seq's committed record at pos.
+func (f wordFormat) committed(seq, pos uint64) uint64 {
+	return stateCommitted<<stateShift | f.lap(seq)<<f.posBits | pos&f.posMask
+}
+
+// abandoned returns the word of seq's abandoned entry.
+func (f wordFormat) abandoned(seq uint64) uint64 {
+	return stateAbandoned<<stateShift | f.lap(seq)<<f.posBits
+}
+
+// tag returns a word's state and lap: the bits that say which seq it is for.
+func (f wordFormat) tag(w uint64) uint64 { return w >> f.posBits }
+
+// tagOf returns the tag of seq's words in state.
+func (f wordFormat) tagOf(seq, state uint64) uint64 {
+	return state<<(stateShift-f.posBits) | f.lap(seq)
+}
+
+func wordState(w uint64) uint64 { return w >> stateShift }
+
+// wordLap returns a word's lap field.
+func (f wordFormat) wordLap(w uint64) uint64 { return w >> f.posBits & f.lapMask }
+
+// later reports whether non-zero word w belongs to a later lap than seq's.
+func (f wordFormat) later(w, seq uint64) bool {
+	d := (f.wordLap(w) - f.lap(seq)) & f.lapMask
+	return d != 0 && d < f.lapHalf
+}
+
+// earlier reports whether w is zero or belongs to an earlier lap than
+// seq's: the entry is free for seq's commit.
+func (f wordFormat) earlier(w, seq uint64) bool {
+	if w == 0 {
+		return true
+	}
+	d := (f.lap(seq) - f.wordLap(w)) & f.lapMask
+	return d != 0 && d < f.lapHalf
+}
+
+// position recovers the full data-ring position of word w's record from
+// dataTail, loaded after the seqTail that covers the record's seq.
+func (f wordFormat) position(w, dataTail uint64) uint64 {
+	return dataTail - (dataTail-w)&f.posMask
+}
 
 // seqMix folds a record's sequence number into its checksum, so that bytes
 // that belong to another record never verify under this one.

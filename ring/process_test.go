@@ -448,7 +448,7 @@ func roleReader(args []string) error {
 // "late <seq>"), and prints "marker <seq>".
 //
 //	path=  the ring
-//	point= busy (HookBusy) | claimed (HookClaimed)
+//	point= claimed (HookClaimed: seq claimed, commit CAS not tried)
 //	id=    producer id
 func roleStuck(args []string) error {
 	kv := parseRoleArgs(args)
@@ -457,10 +457,10 @@ func roleStuck(args []string) error {
 		return err
 	}
 	defer r.Close()
-	point := HookBusy
-	if kv.str("point", "busy") == "claimed" {
-		point = HookClaimed
+	if p := kv.str("point", "claimed"); p != "claimed" {
+		return fmt.Errorf("point %q", p)
 	}
+	point := HookClaimed
 	stopped := false
 	SetHook(r, func(p HookPoint, seq uint64) {
 		if p != point || stopped {
@@ -721,9 +721,9 @@ func TestProcessesSeeOneOrder(t *testing.T) {
 }
 
 // TestKilledProducerIsSkippedByEveryone: a producer process stops inside its
-// first append (at HookBusy: the entry is busy; at HookClaimed: the entry
-// still holds its old stamp, zero on a fresh ring or the previous lap's
-// committed record on a lapped one) and is SIGKILLed. Another producer
+// first append, between its claim and its commit CAS (at HookClaimed: the
+// entry still holds its old word, zero on a fresh ring or the previous lap's
+// committed record on a lapped one), and is SIGKILLed. Another producer
 // process then appends K records. Three reader processes with a short WaitMax
 // each skip the dead entry, count it as abandoned, and deliver all K later
 // records in order; the ring counts the abandon once although all three
@@ -739,9 +739,7 @@ func TestKilledProducerIsSkippedByEveryone(t *testing.T) {
 		point   string
 		prefill int // records appended before: slots+7 puts the dead claim on a used entry
 	}{
-		{"busy", "busy", 0},
 		{"claimed", "claimed", 0},
-		{"busy-lapped", "busy", slots + 7},
 		{"claimed-lapped", "claimed", slots + 7},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -819,16 +817,16 @@ func TestKilledProducerIsSkippedByEveryone(t *testing.T) {
 }
 
 // TestLateProducerGetsErrAbandoned: a producer process pauses inside its
-// append at HookBusy; reader processes wait WaitMax and abandon its entry;
+// append at HookClaimed; reader processes wait WaitMax and abandon its entry;
 // then the producer goes on. Its Append returns ErrAbandoned, the ring counts
 // one late commit, and no reader ever delivers that record; the producer's
 // next append (a marker) is delivered normally.
 func TestLateProducerGetsErrAbandoned(t *testing.T) {
 	const readers = 2
 	path, r := createRing(t, shm.Geometry{IndexSlots: 1024, DataBytes: 1 << 20})
-	stuck := startProc(t, "stuck", "path="+path, "point=busy", "id=9")
+	stuck := startProc(t, "stuck", "path="+path, "point=claimed", "id=9")
 	require.Equal(t, uint64(0), lineField(t, expectLine(t, stuck, "claimed "), 1))
-	// The readers start once the entry is claimed, and find it busy.
+	// The readers start once the entry is claimed, and find it not committed.
 	rs, outs := startReaders(t, readers, "path="+path, "start=0", "rounds=1", "wi=2", "wm=50")
 	poll(t, func() bool { return r.Counters().Abandoned == 1 }, "a reader abandons the stuck entry after WaitMax")
 	require.NoError(t, stuck.Stdin.Close()) // release the producer
@@ -1163,7 +1161,7 @@ func TestReaderStatsMatchCursorAfterEveryRead(t *testing.T) {
 	}
 	appendOne(0)
 	for i, want := range []uint64{1, 3} {
-		stuck := startProc(t, "stuck", "path="+path, "point=busy", "id=9")
+		stuck := startProc(t, "stuck", "path="+path, "point=claimed", "id=9")
 		require.Equal(t, want, lineField(t, expectLine(t, stuck, "claimed "), 1))
 		require.True(t, stuck.Kill())
 		appendOne(uint64(i + 1))
@@ -1195,7 +1193,7 @@ func TestReaderAsleepOnEmptyRingAbandonsDeadClaim(t *testing.T) {
 	rs, _ := startReaders(t, 1, "path="+path, "start=0", "rounds=1", "wi=2", "wm=20")
 	poll(t, func() bool { return r.Counters().Waiters == 1 }, "the reader sleeps on the empty ring")
 
-	stuck := startProc(t, "stuck", "path="+path, "point=busy", "id=9")
+	stuck := startProc(t, "stuck", "path="+path, "point=claimed", "id=9")
 	require.Equal(t, uint64(0), lineField(t, expectLine(t, stuck, "claimed "), 1))
 	require.True(t, stuck.Kill())
 	abandoned := pollFor(3*time.Second, func() bool { return r.Counters().Abandoned == 1 })

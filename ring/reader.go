@@ -2,11 +2,13 @@ package ring
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/shmring/shmring/shm"
@@ -92,9 +94,9 @@ type batchRecord struct {
 	skipped ReaderStats // sequence numbers skipped just before this record
 	seq     uint64
 	pos     uint64 // data-ring position, for the overwrite check
-	off     int    // offset in the arena
+	off     int    // offset in the arena: of the header, then (verified) of the payload
 	length  uint32
-	crc     uint32
+	badLen  bool // the header's length exceeds MaxRecord: nothing was copied
 }
 
 // Reader reads a Ring from one goroutine at a time. Each process may have any
@@ -354,54 +356,53 @@ func RecoverFault(old bool, err *error) {
 // arena. It reports whether it stopped at an incomplete entry.
 func (rd *Reader) copyBatch(tail uint64) (pending bool) {
 	r := rd.ring
+	f := &r.fmt
 	c := rd.cursor
 	defer func() { rd.cursor = c }()
+	var dataTail uint64
+	haveDataTail := false
 	for c < tail && len(rd.recs) < cap(rd.recs) && len(rd.arena) < arenaSoftCap {
-		e := &r.index[c&r.indexMask]
-		// Acquire: pairs with the commit CAS in Ring.commit; the fields and
-		// record bytes written before it are visible once we see committed.
-		st := e.stamp.Load()
+		e := &r.index[c&r.indexMask].word
+		// Acquire: pairs with the commit CAS in Ring.commit; the record's
+		// bytes written before it are visible once we see committed.
+		w := e.Load()
 		switch {
-		case st == stamp(c, stateCommitted):
-			pos := e.dataPos.Load() // seqlock-protected: checked by the re-load of stamp below
-			length, crc := unpackMeta(e.meta.Load())
+		case f.tag(w) == f.tagOf(c, stateCommitted):
+			if !haveDataTail {
+				// Acquire, after seqTail: every record below tail has its
+				// bytes below this, less than 2^P bytes back (layout.go).
+				dataTail, haveDataTail = r.ctl.dataTail.Load(), true
+			}
+			pos := f.position(w, dataTail)
+			start := pos & r.dataMask
+			// Bounded before it sizes the copy; whether a bad length is
+			// damage or overwritten bytes, verifyBatch decides.
+			length := binary.LittleEndian.Uint32(r.data[start:])
 			if length > r.maxRecord {
-				if e.stamp.Load() == st {
-					rd.skip.Corrupt++
-				} else {
-					rd.skip.Lost++
-				}
+				rd.recs = append(rd.recs, batchRecord{skipped: rd.skip, seq: c, pos: pos, badLen: true})
+				rd.skip = ReaderStats{}
 				c++
 				continue
 			}
 			off := len(rd.arena)
-			start := pos & r.dataMask
-			rd.arena = append(rd.arena, r.data[start:start+uint64(length)]...)
-			// Seqlock "end": if the entry changed while we copied, a later
-			// lap took it and what we copied may be torn.
-			if e.stamp.Load() != st {
-				rd.arena = rd.arena[:off]
-				rd.skip.Lost++
-				c++
-				continue
-			}
-			rd.recs = append(rd.recs, batchRecord{skipped: rd.skip, seq: c, pos: pos, off: off, length: length, crc: crc})
+			rd.arena = append(rd.arena, r.data[start:start+hdrSize+uint64(length)]...)
+			rd.recs = append(rd.recs, batchRecord{skipped: rd.skip, seq: c, pos: pos, off: off, length: length})
 			rd.skip = ReaderStats{}
 			c++
-		case st == stamp(c, stateAbandoned):
+		case f.tag(w) == f.tagOf(c, stateAbandoned):
 			rd.skip.Abandoned++
 			c++
-		case stampSeq(st) > c:
+		case w != 0 && f.later(w, c):
 			// A later lap reused the entry before we got to it.
 			rd.skip.Lost++
 			c++
 		default:
-			// Claimed (c < tail) but not committed: the stamp is still the
-			// previous lap's, or busy(c).
+			// Claimed (c < tail) but not committed: the word is still an
+			// earlier lap's, or zero.
 			if len(rd.recs) > 0 {
 				return true // deliver what we have first
 			}
-			if !rd.giveUp(c, e, st) {
+			if !rd.giveUp(c, e, w) {
 				return true
 			}
 			c++
@@ -413,36 +414,37 @@ func (rd *Reader) copyBatch(tail uint64) (pending bool) {
 // giveUp decides whether the incomplete entry for seq c has been waited for
 // long enough, and if so abandons it for every reader. It reports whether
 // the reader should move past c (and has counted it).
-func (rd *Reader) giveUp(c uint64, e *entry, st uint64) bool {
+func (rd *Reader) giveUp(c uint64, e *atomic.Uint64, w uint64) bool {
 	since := rd.notePending(c)
 	if time.Since(since) < rd.opts.WaitMax {
 		return false
 	}
+	f := &rd.ring.fmt
 	for range 8 {
-		// Full barrier: after this CAS the producer's own commit CAS
-		// (busy -> committed) fails, so every reader sees abandoned(c), or
-		// committed(c) if the producer won the race.
-		if e.stamp.CompareAndSwap(st, stamp(c, stateAbandoned)) {
+		// Full barrier: after this CAS the producer's own commit CAS (from
+		// the earlier word) fails, so every reader sees abandoned for c, or
+		// committed if the producer won the race.
+		if e.CompareAndSwap(w, f.abandoned(c)) {
 			rd.ring.ctl.abandoned.Add(1) // counter only
 			rd.skip.Abandoned++
 			rd.pendingSet = false
 			return true
 		}
-		st = e.stamp.Load() // acquire: pairs with the commit CAS
+		w = e.Load() // acquire: pairs with the commit CAS
 		switch {
-		case st == stamp(c, stateCommitted):
+		case f.tag(w) == f.tagOf(c, stateCommitted):
 			return false // committed at the last moment: read it normally
-		case st == stamp(c, stateAbandoned):
+		case f.tag(w) == f.tagOf(c, stateAbandoned):
 			rd.skip.Abandoned++
 			rd.pendingSet = false
 			return true
-		case stampSeq(st) > c:
+		case w != 0 && f.later(w, c):
 			rd.skip.Lost++
 			rd.pendingSet = false
 			return true
 		}
 	}
-	// The stamp keeps changing under us: a damaged or hostile writer.
+	// The word keeps changing under us: a damaged or hostile writer.
 	rd.skip.Corrupt++
 	rd.pendingSet = false
 	return true
@@ -457,7 +459,7 @@ func (rd *Reader) notePending(c uint64) time.Time {
 }
 
 // verifyBatch drops the copied records whose bytes may have been overwritten
-// while they were copied, or that fail their checksum.
+// while they were copied, or that fail their checks.
 func (rd *Reader) verifyBatch() {
 	r := rd.ring
 	// Acquire, after the copies: producers claim bytes (fetch-add on
@@ -472,13 +474,20 @@ func (rd *Reader) verifyBatch() {
 			carry.Lost++
 			continue
 		}
-		got := crc32.Checksum(rd.arena[b.off:b.off+int(b.length)], castagnoli) ^ seqMix(b.seq)
-		if got != b.crc {
-			// Not overwritten by the ring's own producers, yet wrong: a
-			// producer that wrote after its entry was abandoned, or damage.
+		// Not overwritten by the ring's own producers, yet wrong: a producer
+		// that wrote after its entry was abandoned, or damage.
+		if b.badLen {
 			carry.Corrupt++
 			continue
 		}
+		hdr := rd.arena[b.off : b.off+hdrSize]
+		payload := rd.arena[b.off+hdrSize : b.off+hdrSize+int(b.length)]
+		if binary.LittleEndian.Uint32(hdr) != b.length ||
+			crc32.Checksum(payload, castagnoli)^seqMix(b.seq) != binary.LittleEndian.Uint32(hdr[4:]) {
+			carry.Corrupt++
+			continue
+		}
+		b.off += hdrSize
 		b.skipped, carry = carry, ReaderStats{}
 		kept = append(kept, b)
 	}
@@ -684,8 +693,9 @@ func (rd *Reader) peek() peekState {
 	if tail-c > uint64(len(r.index)) {
 		return peekReady // lapped: Read counts the loss
 	}
-	st := r.index[c&r.indexMask].stamp.Load() // acquire: pairs with the commit CAS
-	if st == stamp(c, stateCommitted) || st == stamp(c, stateAbandoned) || stampSeq(st) > c {
+	w := r.index[c&r.indexMask].word.Load() // acquire: pairs with the commit CAS
+	f := &r.fmt
+	if t := f.tag(w); t == f.tagOf(c, stateCommitted) || t == f.tagOf(c, stateAbandoned) || (w != 0 && f.later(w, c)) {
 		return peekReady
 	}
 	return peekPending

@@ -25,8 +25,8 @@ func TestStaleWriteDuringAppendFunc(t *testing.T) {
 	r := openTestRing(t, smallGeometry)
 	rd := newTestReader(t, r, ReaderOptions{Unregistered: true})
 	qpos := r.ctl.dataTail.Add(100) - 100 // Q claims [0,100), then stalls
-	for i := 0; i < 37; i++ {             // others claim 37*108 = 3996 bytes
-		_, err := r.Append(bytes.Repeat([]byte{'x'}, 108))
+	for i := 0; i < 37; i++ {             // others claim 37*(100+8) = 3996 bytes
+		_, err := r.Append(bytes.Repeat([]byte{'x'}, 100))
 		require.NoError(t, err)
 	}
 	drain(t, rd)
@@ -54,9 +54,10 @@ func TestStaleClaimIsDropped(t *testing.T) {
 	assert.Equal(t, uint64(0), r.Counters().Next, "no sequence number was claimed")
 }
 
-// A producer paused after its busy CAS, whose entry is abandoned and reused
-// by the next lap, must not overwrite the new owner's fields when it wakes:
-// two readers, one before and one after, see the same records.
+// A producer paused between its claim and its commit CAS, whose entry is
+// abandoned and reused by the next lap, must not overwrite the new owner's
+// word when it wakes: two readers, one before and one after, see the same
+// records.
 func TestLateProducerCannotClobberNextOwner(t *testing.T) {
 	r := openTestRing(t, smallGeometry)
 	opts := ReaderOptions{Unregistered: true, WaitMax: 20 * time.Millisecond, WaitInterval: time.Millisecond}
@@ -64,7 +65,7 @@ func TestLateProducerCannotClobberNextOwner(t *testing.T) {
 	rdB := newTestReader(t, r, opts)
 	hold, reached := make(chan struct{}), make(chan struct{})
 	SetHook(r, func(p HookPoint, seq uint64) {
-		if p == HookBusy && seq == 0 {
+		if p == HookClaimed && seq == 0 {
 			close(reached)
 			<-hold
 		}

@@ -13,6 +13,7 @@
 package ring
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -59,6 +60,7 @@ type Ring struct {
 	slots  []readerSlot
 
 	indexMask uint64
+	fmt       wordFormat
 	dataMask  uint64
 	dataSize  uint64
 	maxRecord uint32
@@ -77,8 +79,7 @@ type Ring struct {
 type hookPoint int
 
 const (
-	hookClaimed hookPoint = iota // seq claimed, entry not touched yet
-	hookBusy                     // entry marked busy, fields not written
+	hookClaimed hookPoint = iota // seq claimed, commit CAS not tried yet
 )
 
 // Options are the settings for Open.
@@ -113,6 +114,7 @@ func newRing(ctl, index, data, readers []byte, g shm.Geometry) *Ring {
 		data:      data,
 		slots:     view[readerSlot](readers)[:g.ReaderSlots],
 		indexMask: uint64(g.IndexSlots) - 1,
+		fmt:       newWordFormat(g),
 		dataMask:  g.DataBytes - 1,
 		dataSize:  g.DataBytes,
 		maxRecord: g.MaxRecord,
@@ -166,24 +168,32 @@ func (r *Ring) Append(p []byte) (uint64, error) {
 	if uint64(len(p)) > uint64(r.maxRecord) {
 		return 0, r.tooBig(len(p))
 	}
-	n := uint64(len(p))
+	n := uint64(len(p)) + hdrSize
 	// Claim the bytes before the sequence number, so the entry stays
 	// claimed-but-uncommitted (which stalls readers) only for a few stores,
-	// not for the copy. Pairs with the dataTail load in Reader.fill.
+	// not for the copy. Pairs with the dataTail loads in Reader.fill.
 	pos := r.ctl.dataTail.Add(n) - n
 	if r.stale(pos) {
 		return 0, ErrAbandoned
 	}
-	copy(r.data[pos&r.dataMask:], p)
+	r.put(pos, p)
 	crc := crc32.Checksum(p, castagnoli)
 	// Claim the sequence number: from here readers know the record exists.
 	seq := r.ctl.seqTail.Add(1) - 1
 	// A reader asleep on an empty ring must learn of the claim too: if this
 	// producer dies before its commit, nobody else would wake it.
 	r.wake()
-	err := r.commit(seq, pos, uint32(n), crc)
+	err := r.commit(seq, pos, crc)
 	r.wake()
 	return seq, err
+}
+
+// put writes the length and the payload of a record at pos; commit writes
+// its checksum once the record has a sequence number.
+func (r *Ring) put(pos uint64, p []byte) {
+	d := r.data[pos&r.dataMask:]
+	binary.LittleEndian.PutUint32(d, uint32(len(p)))
+	copy(d[hdrSize:], p)
 }
 
 // AppendFunc publishes a record of n bytes that fill writes, for callers
@@ -203,17 +213,17 @@ func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
 	buf := (*bufp)[:n]
 	fill(buf)
 	crc := crc32.Checksum(buf, castagnoli)
-	un := uint64(n)
-	pos := r.ctl.dataTail.Add(un) - un // pairs with the dataTail load in Reader.fill
+	un := uint64(n) + hdrSize
+	pos := r.ctl.dataTail.Add(un) - un // pairs with the dataTail loads in Reader.fill
 	if r.stale(pos) {
 		return 0, ErrAbandoned
 	}
-	copy(r.data[pos&r.dataMask:], buf)
+	r.put(pos, buf)
 	seq := r.ctl.seqTail.Add(1) - 1
 	// A reader asleep on an empty ring must learn of the claim too: if this
 	// producer dies before its commit, nobody else would wake it.
 	r.wake()
-	err := r.commit(seq, pos, uint32(n), crc)
+	err := r.commit(seq, pos, crc)
 	r.wake()
 	return seq, err
 }
@@ -229,19 +239,19 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 		if uint64(len(p)) > uint64(r.maxRecord) {
 			return 0, r.tooBig(len(p))
 		}
-		total += uint64(len(p))
+		total += uint64(len(p)) + hdrSize
 	}
 	if len(recs) == 0 {
 		return r.ctl.seqTail.Load(), nil
 	}
-	if total > r.dataSize/2 {
+	if total > r.dataSize/2 && len(recs) > 1 {
 		// One claim must not cover more than the ring holds; split.
 		half := len(recs) / 2
 		first, err1 := r.AppendBatch(recs[:half])
 		_, err2 := r.AppendBatch(recs[half:])
 		return first, errors.Join(err1, err2)
 	}
-	pos := r.ctl.dataTail.Add(total) - total // pairs with the dataTail load in Reader.fill
+	pos := r.ctl.dataTail.Add(total) - total // pairs with the dataTail loads in Reader.fill
 	if r.stale(pos) {
 		return 0, fmt.Errorf("%d records: %w", len(recs), ErrAbandoned)
 	}
@@ -249,22 +259,19 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 	crcs := stack[:0] // grows onto the heap only for batches over 64
 	p0 := pos
 	for _, p := range recs {
-		copy(r.data[p0&r.dataMask:], p)
+		r.put(p0, p)
 		crcs = append(crcs, crc32.Checksum(p, castagnoli))
-		p0 += uint64(len(p))
+		p0 += uint64(len(p)) + hdrSize
 	}
 	k := uint64(len(recs))
 	first := r.ctl.seqTail.Add(k) - k
 	r.wake() // see Append
-	for i := uint64(0); i < k; i += 2 {
-		r.touch(first + i)
-	}
 	failed := 0
 	for i, p := range recs {
-		if r.commit(first+uint64(i), pos, uint32(len(p)), crcs[i]) != nil {
+		if r.commit(first+uint64(i), pos, crcs[i]) != nil {
 			failed++
 		}
-		pos += uint64(len(p))
+		pos += uint64(len(p)) + hdrSize
 	}
 	r.wake()
 	if failed > 0 {
@@ -294,64 +301,40 @@ func (r *Ring) stale(pos uint64) bool {
 	return true
 }
 
-// touch stores to the scratch word of seq's index entry. The entry's line was
-// last read by readers, so this core must take it back before its CAS can
-// run; a plain store lets that transfer overlap other work (the store
-// buffer absorbs it), where a CAS would wait for it. Nobody reads the word.
-func (r *Ring) touch(seq uint64) {
-	r.index[seq&r.indexMask].touch = seq
-}
-
-// commit fills the index entry for seq and publishes it.
-func (r *Ring) commit(seq, pos uint64, n uint32, crc uint32) error {
+// commit writes the checksum of the record at pos, which holds seq's bytes,
+// and publishes it with one CAS on seq's index word.
+func (r *Ring) commit(seq, pos uint64, crc uint32) error {
 	if r.hook != nil {
 		r.hook(hookClaimed, seq)
 	}
-	e := &r.index[seq&r.indexMask]
-	busy := stamp(seq, stateBusy)
+	e := &r.index[seq&r.indexMask].word
+	old := e.Load()
+	// A word of this lap or a later one means readers abandoned ours, or the
+	// ring came round and reused the entry: never overwrite it, and leave
+	// the bytes alone too.
+	if !r.fmt.earlier(old, seq) {
+		r.ctl.lateCommits.Add(1) // counter only
+		return ErrAbandoned
+	}
+	// The checksum ties the bytes to seq. A plain store: the commit CAS
+	// below publishes it with the rest of the record.
+	binary.LittleEndian.PutUint32(r.data[pos&r.dataMask+4:], crc^seqMix(seq))
+	want := r.fmt.committed(seq, pos)
 	for tries := 0; ; tries++ {
-		old := e.stamp.Load()
-		// An entry for this or a later sequence means readers abandoned ours,
-		// or the ring came round and reused it: never overwrite it.
-		// (A zero stamp is a never-written entry, free even for seq 0.)
-		if s := stampSeq(old); s > seq || (s == seq && old != 0) || tries == 64 {
+		// Release: pairs with the acquire load of the word in Reader.fill;
+		// the record's bytes are visible to a reader that sees committed.
+		// Anything older is ours to take, even the word of a previous lap
+		// whose producer has not committed: that producer is a whole lap
+		// behind, and its own CAS will fail.
+		if e.CompareAndSwap(old, want) {
+			return nil
+		}
+		old = e.Load()
+		if !r.fmt.earlier(old, seq) || tries == 64 {
 			r.ctl.lateCommits.Add(1) // counter only
 			return ErrAbandoned
 		}
-		// Anything older is ours to take, even an entry still busy with the
-		// previous lap's record: its producer is that far behind, and its own
-		// commit CAS will fail.
-		// Full barrier: readers that see busy(seq) know the fields below are
-		// being rewritten (the seqlock's "begin").
-		if e.stamp.CompareAndSwap(old, busy) {
-			break
-		}
 	}
-	if r.hook != nil {
-		r.hook(hookBusy, seq)
-	}
-	// Snapshot the fields, check we still own the entry, then CAS: if a later
-	// lap took the entry after the check, its writes make our CAS fail.
-	oldPos, oldMeta := e.dataPos.Load(), e.meta.Load()
-	if e.stamp.Load() != busy ||
-		!e.dataPos.CompareAndSwap(oldPos, pos) ||
-		!e.meta.CompareAndSwap(oldMeta, packMeta(n, crc^seqMix(seq))) {
-		// Lost the entry, or raced its next owner: give ours up at once
-		// rather than make readers wait WaitMax for it.
-		if e.stamp.CompareAndSwap(busy, stamp(seq, stateAbandoned)) {
-			r.ctl.abandoned.Add(1) // counter only
-		}
-		r.ctl.lateCommits.Add(1) // counter only
-		return ErrAbandoned
-	}
-	// Release: pairs with the acquire load of stamp in Reader.fill; the record
-	// bytes and the fields above are visible to a reader that sees committed.
-	// Fails only if a reader abandoned the entry meanwhile (busy -> abandoned).
-	if !e.stamp.CompareAndSwap(busy, stamp(seq, stateCommitted)) {
-		r.ctl.lateCommits.Add(1) // counter only
-		return ErrAbandoned
-	}
-	return nil
 }
 
 // wake wakes sleeping readers, if there are any.
@@ -425,21 +408,20 @@ func (r *Ring) sleepingReaders() uint32 {
 // there is none.
 func (r *Ring) Oldest() uint64 {
 	tail := r.ctl.seqTail.Load()
+	// After seqTail: every record below tail has its bytes below this.
+	dataTail := r.ctl.dataTail.Load()
 	n := uint64(len(r.index))
 	c := uint64(0)
 	if tail > n {
 		c = tail - n
 	}
 	for ; c < tail; c++ {
-		st := r.index[c&r.indexMask].stamp.Load() // acquire: pairs with the commit CAS
-		if stampSeq(st) != c {
-			continue
-		}
-		switch stampState(st) {
-		case stateAbandoned:
+		w := r.index[c&r.indexMask].word.Load() // acquire: pairs with the commit CAS
+		switch r.fmt.tag(w) {
+		case r.fmt.tagOf(c, stateAbandoned):
 			return c
-		case stateCommitted:
-			pos := r.index[c&r.indexMask].dataPos.Load()
+		case r.fmt.tagOf(c, stateCommitted):
+			pos := r.fmt.position(w, dataTail)
 			if r.ctl.dataTail.Load()-pos <= r.dataSize {
 				return c
 			}

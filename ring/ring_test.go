@@ -221,7 +221,7 @@ func TestPendingEntryIsAbandonedAfterWaitMax(t *testing.T) {
 	release := make(chan struct{})
 	var once sync.Once
 	SetHook(r, func(p HookPoint, seq uint64) {
-		if p == HookBusy && seq == 1 {
+		if p == HookClaimed && seq == 1 {
 			once.Do(func() { <-release })
 		}
 	})
@@ -273,9 +273,9 @@ func TestCorruptEntriesAreSkippedAndCounted(t *testing.T) {
 		_, err := r.Append(payload(i, 64))
 		require.NoError(t, err)
 	}
-	r.index[1].meta.Add(100000)                          // length beyond MaxRecord
-	r.index[2].meta.Add(1 << 32)                         // checksum mismatch
-	r.data[r.index[3].dataPos.Load()&r.dataMask] ^= 0xff // damaged bytes
+	binary.LittleEndian.PutUint32(record(r, 1), 100000) // length beyond MaxRecord
+	record(r, 2)[4]++                                   // checksum mismatch
+	record(r, 3)[hdrSize] ^= 0xff                       // damaged bytes
 	rd := newTestReader(t, r, ReaderOptions{Start: AtSeq(0)})
 	got := drain(t, rd)
 	require.Len(t, got, 1)

@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"runtime/debug"
@@ -26,16 +27,15 @@ type Report struct {
 	// (on a quiet, healthy ring, what Ring.Oldest returns), or Next if there
 	// is none.
 	Oldest uint64
-	// Entries sorts the index entries by what their stamps say. Every entry
-	// is in exactly one count, except those whose stamp is itself a Problem
-	// (an undefined state, a seq that belongs to another entry, or a seq
-	// never claimed), which are in none.
+	// Entries sorts the index entries by what their words say. Every entry
+	// is in exactly one count, except those whose word is itself a Problem
+	// (an undefined state, or a lap never claimed), which are in none.
 	Entries struct {
 		Committed int // committed for the current lap, bytes still in the data ring
 		Abandoned int // abandoned for the current lap
-		Busy      int // claimed for the current lap and being written (or its producer died)
-		Empty     int // never written
-		Stale     int // stamps of earlier laps, or committed records whose bytes were overwritten
+		Busy      int // claimed for the current lap, not committed (being written, or its producer died)
+		Empty     int // never written, nor claimed
+		Stale     int // committed records whose bytes were overwritten
 	}
 	// Checked counts the committed records whose bytes were CRC-checked.
 	Checked int
@@ -49,12 +49,9 @@ type Report struct {
 // otherwise give several problems per index entry.
 const maxProblems = 1000
 
-// maxSeq bounds sequence numbers: a stamp holds a seq in its top 62 bits.
+// maxSeq bounds sequence numbers: 2^62 of them take 146 years at 10^9 a
+// second, so a seqTail beyond it is damage.
 const maxSeq = 1 << 62
-
-// verifyTries bounds how often Verify re-reads an entry that changes while
-// it reads it; one that keeps changing is counted stale.
-const verifyTries = 8
 
 type verifier struct {
 	r       *Ring
@@ -85,10 +82,10 @@ func (v *verifier) noteOldest(seq uint64) {
 
 // Verify walks the ring's control words, every index entry and the reader
 // registry, and reports every inconsistency it finds. It only reads the
-// region, and it may run while producers append and readers read: it takes
-// a snapshot of each entry the way a reader does (a seqlock on the stamp,
-// then the overwrite check on dataTail) and skips an entry that changed
-// while it read it instead of reporting it.
+// region, and it may run while producers append and readers read: it reads
+// each entry the way a reader does (one load of its word, then the record's
+// bytes and the overwrite check on dataTail) and counts a record whose bytes
+// were overwritten while it read them as stale instead of reporting it.
 //
 // It never panics on what the region holds. A memory fault (the file was
 // truncated under the mapping) ends the walk with an error wrapping
@@ -128,7 +125,7 @@ func (v *verifier) checkControl() {
 	abandoned := ctl.abandoned.Load()
 	tail := ctl.seqTail.Load() // snapshot, after abandoned (see above)
 	if tail >= maxSeq {
-		v.problem(place("control: seqTail"), "%d is beyond the %d sequence numbers a stamp can hold", tail, uint64(maxSeq))
+		v.problem(place("control: seqTail"), "%d is beyond the %d sequence numbers a ring can reach", tail, uint64(maxSeq))
 	}
 	if abandoned > tail {
 		v.problem(place("control: abandoned"), "%d entries abandoned, more than the %d sequence numbers ever claimed", abandoned, tail)
@@ -153,120 +150,118 @@ type slotWhere int
 
 func (w slotWhere) String() string { return fmt.Sprintf("reader slot %d", int(w)) }
 
-// checkEntry classifies index entry i and checks it, re-reading it if it
-// changes under the walk.
+// checkEntry classifies index entry i and checks it.
 func (v *verifier) checkEntry(i int) {
 	r := v.r
-	e := &r.index[i]
+	f := &r.fmt
 	n := uint64(len(r.index))
-	for try := 0; try < verifyTries; try++ {
-		// Acquire: pairs with the commit CAS in Ring.commit; the fields and
-		// record bytes written before it are visible once we see committed.
-		st := e.stamp.Load()
-		if st == 0 {
+	// Acquire: pairs with the commit CAS in Ring.commit; the record's bytes
+	// written before it are visible once we see committed.
+	w := r.index[i].word.Load()
+	// Acquire, after the word: a producer claims its seq (fetch-add on
+	// seqTail) before its commit CAS, so this covers the word's lap.
+	tail := r.ctl.seqTail.Load()
+	// After seqTail: every record below tail has its bytes below this.
+	dataTail := r.ctl.dataTail.Load()
+	claimed := tail > uint64(i) // some lap's seq of this entry was claimed
+	if w == 0 {
+		if claimed {
+			v.rep.Entries.Busy++ // lap 0's seq, claimed, not committed
+		} else {
 			v.rep.Entries.Empty++
-			return
 		}
-		// Acquire, after the stamp: a producer claims its seq (fetch-add on
-		// seqTail) before its busy CAS, so this covers the stamp's seq.
-		tail := r.ctl.seqTail.Load()
-		seq, state := stampSeq(st), stampState(st)
-		where := entryWhere{i, seq}
-		bad := false
-		if state == 0 {
-			v.problem(where, "stamp %#x has state 0, defined only for the never-written stamp 0", st)
-			bad = true
-		}
-		if seq&r.indexMask != uint64(i) {
-			v.problem(where, "seq %d belongs to index entry %d", seq, seq&r.indexMask)
-			bad = true
-		}
-		if seq >= tail {
-			v.problem(where, "seq is at or beyond seqTail %d: it was never claimed", tail)
-			bad = true
-		}
-		if bad {
-			return
-		}
-		if tail-seq > n {
-			v.rep.Entries.Stale++ // a later lap claimed the entry and has not marked it yet
-			return
-		}
-		switch state {
-		case stateBusy:
-			v.rep.Entries.Busy++
-			return
-		case stateAbandoned:
-			v.rep.Entries.Abandoned++
-			v.noteOldest(seq)
-			return
-		}
-		if v.checkCommitted(i, e, st) {
-			return
-		}
-		// The entry changed while we read it: read it again.
+		return
 	}
-	v.rep.Entries.Stale++ // reused by lap after lap while we read it
+	// The word's seq: the one of its lap nearest the entry's newest claimed
+	// seq (cur), at or before it unless the word is of a later lap.
+	var seq, behind uint64 // behind: laps from the word's to cur's
+	future := true         // the word's lap was never claimed
+	if claimed {
+		cur := uint64(i) + (tail-1-uint64(i))/n*n
+		behind = (f.lap(cur) - f.wordLap(w)) & f.lapMask
+		if behind < f.lapHalf {
+			seq, future = cur-behind*n, false
+		} else {
+			seq = cur + (f.lapMask+1-behind)*n
+		}
+	} else {
+		seq = uint64(i) + f.wordLap(w)*n
+	}
+	where := entryWhere{i, seq}
+	bad := false
+	switch wordState(w) {
+	case 0:
+		v.problem(where, "word %#x has state 0, defined only for the never-written word 0", w)
+		bad = true
+	case 1:
+		v.problem(where, "word %#x has state 1, which no writer stores", w)
+		bad = true
+	}
+	if future {
+		v.problem(where, "seq is at or beyond seqTail %d: it was never claimed", tail)
+		bad = true
+	}
+	if bad {
+		return
+	}
+	if behind != 0 {
+		// The word is an earlier lap's: the entry's newest seq is claimed
+		// and not committed yet.
+		v.rep.Entries.Busy++
+		return
+	}
+	if wordState(w) == stateAbandoned {
+		v.rep.Entries.Abandoned++
+		v.noteOldest(seq)
+		return
+	}
+	v.checkCommitted(where, w, dataTail)
 }
 
-// checkCommitted checks entry i, whose stamp st is committed for the current
-// lap. It reports false if the entry changed while it was read, having
-// counted and reported nothing.
-func (v *verifier) checkCommitted(i int, e *entry, st uint64) bool {
+// checkCommitted checks the record of word w, committed for the current lap
+// of the entry where names. dataTail was loaded after seqTail.
+func (v *verifier) checkCommitted(where entryWhere, w, dataTail uint64) {
 	r := v.r
-	seq := stampSeq(st)
-	where := entryWhere{i, seq}
-	pos := e.dataPos.Load()                  // seqlock-protected: checked by the re-load of stamp below
-	length, crc := unpackMeta(e.meta.Load()) // likewise
-	// Acquire, after the stamp: producers claim their bytes (fetch-add on
-	// dataTail) before they commit, so this covers the record's bytes.
-	dataTail := r.ctl.dataTail.Load()
-	// Seqlock "end" for the fields: a later lap that took the entry marked
-	// it busy before it touched them.
-	if e.stamp.Load() != st {
-		return false
-	}
-	if length > r.maxRecord {
-		v.rep.Entries.Committed++
-		v.problem(where, "length %d exceeds MaxRecord %d", length, r.maxRecord)
-		return true
-	}
-	if pos > dataTail || uint64(length) > dataTail-pos {
-		v.rep.Entries.Committed++
-		v.problem(where, "record at data position %d, %d bytes, ends beyond dataTail %d", pos, length, dataTail)
-		return true
-	}
+	seq := where.seq
+	pos := r.fmt.position(w, dataTail)
 	if dataTail-pos > r.dataSize {
 		v.rep.Entries.Stale++ // its bytes were overwritten by later records
-		return true
+		return
 	}
 	start := pos & r.dataMask
-	end := start + uint64(length)
-	if end > uint64(len(r.data)) { // cannot happen with length <= MaxRecord <= D/2; never slice past the mapping
-		v.rep.Entries.Committed++
-		v.problem(where, "record at data position %d, %d bytes, runs past the data ring's mirror", pos, length)
-		return true
-	}
-	got := crc32.Checksum(r.data[start:end], castagnoli) ^ seqMix(seq)
-	// Seqlock "end": if the entry changed while we read the bytes, a later
-	// lap took it and what we read may be torn.
-	if e.stamp.Load() != st {
-		return false
+	length := binary.LittleEndian.Uint32(r.data[start:])
+	stored := binary.LittleEndian.Uint32(r.data[start+4:])
+	// Read the bytes only if they may be the record's: pos < D behind
+	// dataTail, and the length bounded (start + 8 + MaxRecord stays inside
+	// the mirror, as MaxRecord <= D/2).
+	hdrFits := hdrSize <= dataTail-pos
+	fits := hdrFits && length <= r.maxRecord && hdrSize+uint64(length) <= dataTail-pos
+	var got uint32
+	if fits {
+		got = crc32.Checksum(r.data[start+hdrSize:start+hdrSize+uint64(length)], castagnoli) ^ seqMix(seq)
 	}
 	// Acquire, after the bytes: a producer that overwrote them claimed them
 	// first, so if this still covers pos they were intact while we read.
 	if r.ctl.dataTail.Load()-pos > r.dataSize {
 		v.rep.Entries.Stale++
-		return true
+		return
 	}
 	v.rep.Entries.Committed++
-	v.rep.Checked++
-	v.noteOldest(seq)
-	if got != crc {
-		v.problem(where, "checksum mismatch: damaged record (%d bytes at data position %d, stored %#08x, computed %#08x)",
-			length, pos, crc, got)
+	switch {
+	case !hdrFits:
+		v.problem(where, "record header at data position %d ends beyond dataTail %d", pos, dataTail)
+	case length > r.maxRecord:
+		v.problem(where, "length %d exceeds MaxRecord %d", length, r.maxRecord)
+	case !fits:
+		v.problem(where, "record at data position %d, %d bytes and its header, ends beyond dataTail %d", pos, length, dataTail)
+	default:
+		v.rep.Checked++
+		v.noteOldest(seq)
+		if got != stored {
+			v.problem(where, "checksum mismatch: damaged record (%d bytes at data position %d, stored %#08x, computed %#08x)",
+				length, pos, stored, got)
+		}
 	}
-	return true
 }
 
 // checkReaders checks the occupied slots of the reader registry.

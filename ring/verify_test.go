@@ -48,14 +48,14 @@ func TestVerifyHealthyRing(t *testing.T) {
 	assert.Equal(t, uint64(0), rep.Oldest)
 
 	// Wrap the index and the data ring many times; odd sizes straddle the
-	// end of the data ring, and the last record is empty (its dataPos is
-	// dataTail itself).
+	// end of the data ring, and the last record is empty (its header ends
+	// at dataTail itself).
 	sizes := []int{0, 1, 7, 100, 333, 1000, 2048, 513}
 	pos := []uint64{}
 	var tail uint64
 	for i := 0; i < 10; i++ {
 		pos = append(pos, tail)
-		tail += 100
+		tail += 100 + hdrSize
 	}
 	for i := 10; i < 200; i++ {
 		n := sizes[i%len(sizes)]
@@ -65,7 +65,7 @@ func TestVerifyHealthyRing(t *testing.T) {
 		_, err := r.Append(payload(i, n))
 		require.NoError(t, err)
 		pos = append(pos, tail)
-		tail += uint64(n)
+		tail += uint64(n) + hdrSize
 	}
 	drain(t, rd)
 	require.Equal(t, tail, r.Counters().DataTail)
@@ -99,18 +99,19 @@ func TestVerifyHealthyRing(t *testing.T) {
 }
 
 // Entries claimed and not committed are counted, not reported: busy while
-// their producer writes them, then abandoned by a reader.
+// their producer writes them, then abandoned by a reader. Seq 1 takes a
+// fresh entry; seq 17 one that holds lap 0's committed record.
 func TestVerifyCountsBusyAndAbandoned(t *testing.T) {
 	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096})
-	busyAt, claimedAt := make(chan struct{}), make(chan struct{})
+	claimed1, claimed2 := make(chan struct{}), make(chan struct{})
 	release := make(chan struct{})
 	SetHook(r, func(p HookPoint, seq uint64) {
 		switch {
-		case p == HookBusy && seq == 1:
-			close(busyAt)
+		case p == HookClaimed && seq == 1:
+			close(claimed1)
 			<-release
 		case p == HookClaimed && seq == 2:
-			close(claimedAt)
+			close(claimed2)
 			<-release
 		}
 	})
@@ -119,14 +120,14 @@ func TestVerifyCountsBusyAndAbandoned(t *testing.T) {
 	errs := make(chan error, 2)
 	late := func() { _, err := r.Append(payload(9, 8)); errs <- err }
 	go late()
-	<-busyAt // seq 1 is busy
+	<-claimed1 // seq 1 is claimed, its entry still zero
 	go late()
-	<-claimedAt // seq 2 is claimed, its entry untouched
+	<-claimed2 // seq 2 likewise
 	_, err = r.Append(payload(3, 8))
 	require.NoError(t, err)
 
 	rep := verifyOK(t, r)
-	assert.Equal(t, entryCounts{Committed: 2, Busy: 1, Empty: 13}, rep.Entries)
+	assert.Equal(t, entryCounts{Committed: 2, Busy: 2, Empty: 12}, rep.Entries)
 	assert.Equal(t, uint64(4), rep.Next)
 
 	rd := newTestReader(t, r, ReaderOptions{Start: AtSeq(0), WaitInterval: time.Millisecond, WaitMax: 5 * time.Millisecond})
@@ -155,30 +156,42 @@ func TestVerifyReportsDamage(t *testing.T) {
 		want   []want
 	}{
 		{"data byte flipped", func(r *Ring, _ *Reader) {
-			r.data[r.index[3].dataPos.Load()&r.dataMask+10] ^= 0x40
+			record(r, 3)[hdrSize+10] ^= 0x40
 		}, []want{{"index entry 3 (seq 3)", "checksum mismatch: damaged record"}}},
 		{"stored crc changed", func(r *Ring, _ *Reader) {
-			r.index[1].meta.Add(1 << 32)
+			record(r, 1)[7]++
 		}, []want{{"index entry 1 (seq 1)", "checksum mismatch: damaged record"}}},
 		{"length beyond MaxRecord", func(r *Ring, _ *Reader) {
-			_, crc := unpackMeta(r.index[5].meta.Load())
-			r.index[5].meta.Store(packMeta(100000, crc))
+			binary.LittleEndian.PutUint32(record(r, 5), 100000)
 		}, []want{{"index entry 5 (seq 5)", "length 100000 exceeds MaxRecord 512"}}},
-		{"seq of another entry", func(r *Ring, _ *Reader) {
-			r.index[2].stamp.Store(stamp(3, stateCommitted))
-		}, []want{{"index entry 2 (seq 3)", "belongs to index entry 3"}}},
+		{"position of another record", func(r *Ring, _ *Reader) {
+			r.index[2].word.Store(r.fmt.committed(2, posOf(r, 3)))
+		}, []want{{"index entry 2 (seq 2)", "checksum mismatch"}}},
 		{"seq beyond seqTail", func(r *Ring, _ *Reader) {
-			r.index[4].stamp.Store(stamp(20, stateCommitted))
+			r.index[4].word.Store(r.fmt.committed(20, posOf(r, 4)))
 		}, []want{{"index entry 4 (seq 20)", "at or beyond seqTail 8"}}},
-		{"undefined state", func(r *Ring, _ *Reader) {
-			r.index[6].stamp.Store(stamp(6, 0))
+		{"undefined state 0", func(r *Ring, _ *Reader) {
+			r.index[6].word.Store(r.index[6].word.Load() &^ (3 << stateShift))
 		}, []want{{"index entry 6 (seq 6)", "state 0"}}},
-		{"dataPos beyond dataTail", func(r *Ring, _ *Reader) {
-			r.index[7].dataPos.Store(r.ctl.dataTail.Load() + 100)
+		{"undefined state 1", func(r *Ring, _ *Reader) {
+			r.index[6].word.Store(r.index[6].word.Load() &^ (3<<stateShift) | 1<<stateShift)
+		}, []want{{"index entry 6 (seq 6)", "state 1"}}},
+		{"position past dataTail", func(r *Ring, _ *Reader) {
+			r.index[7].word.Store(r.fmt.committed(7, r.ctl.dataTail.Load()-4))
 		}, []want{{"index entry 7 (seq 7)", "ends beyond dataTail"}}},
-		{"seqTail beyond what stamps hold", func(r *Ring, _ *Reader) {
+		{"length past dataTail", func(r *Ring, _ *Reader) {
+			binary.LittleEndian.PutUint32(record(r, 7), 65)
+		}, []want{{"index entry 7 (seq 7)", "ends beyond dataTail"}}},
+		// Laps are kept modulo 2^L, and 2^62 / 16 is a multiple of 2^L:
+		// measured from such a seqTail, every word is of the lap after it.
+		{"seqTail beyond what a ring reaches", func(r *Ring, _ *Reader) {
 			r.ctl.seqTail.Store(1 << 62)
-		}, []want{{"control: seqTail", "beyond"}}},
+		}, append([]want{{"control: seqTail", "beyond"}}, func() (ws []want) {
+			for i := range 8 {
+				ws = append(ws, want{fmt.Sprintf("index entry %d (seq %d)", i, 1<<62+i), "at or beyond seqTail"})
+			}
+			return ws
+		}()...)},
 		{"abandoned counter", func(r *Ring, _ *Reader) {
 			r.ctl.abandoned.Store(9)
 		}, []want{{"control: abandoned", "more than the 8 sequence numbers"}}},
@@ -195,12 +208,11 @@ func TestVerifyReportsDamage(t *testing.T) {
 			r.slots[rd.Slot()].waiting.Store(3)
 		}, []want{{"reader slot 0", "waiting flag is 3"}}},
 		{"several at once", func(r *Ring, rd *Reader) {
-			r.index[0].stamp.Store(stamp(17, stateAbandoned)) // wrong entry and never claimed
-			r.data[r.index[3].dataPos.Load()&r.dataMask] ^= 1
+			r.index[0].word.Store(r.fmt.abandoned(16)) // never claimed
+			record(r, 3)[hdrSize] ^= 1
 			r.slots[1].owner.Store(1)
 		}, []want{
-			{"index entry 0 (seq 17)", "belongs to index entry 1"},
-			{"index entry 0 (seq 17)", "at or beyond seqTail"},
+			{"index entry 0 (seq 16)", "at or beyond seqTail"},
 			{"index entry 3 (seq 3)", "checksum mismatch"},
 			{"reader slot 1", "pid 0"},
 		}},
@@ -235,7 +247,7 @@ func TestVerifyCountsDamagedRecords(t *testing.T) {
 		_, err := r.Append(payload(i, 64))
 		require.NoError(t, err)
 	}
-	r.data[r.index[3].dataPos.Load()&r.dataMask] ^= 1
+	record(r, 3)[hdrSize] ^= 1
 	rep, err := r.Verify()
 	require.NoError(t, err)
 	require.Len(t, rep.Problems, 1)
@@ -287,12 +299,21 @@ func heapAppend(t *testing.T, r *Ring, p []byte) {
 	t.Helper()
 	seq, err := r.Append(p)
 	require.NoError(t, err)
-	e := &r.index[seq&r.indexMask]
-	start := e.dataPos.Load() & r.dataMask
-	if end := start + uint64(len(p)); end > r.dataSize {
+	start := posOf(r, seq) & r.dataMask
+	if end := start + hdrSize + uint64(len(p)); end > r.dataSize {
 		copy(r.data[:end-r.dataSize], r.data[r.dataSize:end])
 	}
 	copy(r.data[r.dataSize:], r.data[:r.dataSize])
+}
+
+// posOf returns the data-ring position of committed record seq.
+func posOf(r *Ring, seq uint64) uint64 {
+	return r.fmt.position(r.index[seq&r.indexMask].word.Load(), r.ctl.dataTail.Load())
+}
+
+// record returns the bytes of committed record seq, header first.
+func record(r *Ring, seq uint64) []byte {
+	return r.data[posOf(r, seq)&r.dataMask:]
 }
 
 // ringBytes returns the memory of a heap ring's parts.
@@ -327,7 +348,7 @@ func TestVerifyGarbageNeverPanics(t *testing.T) {
 			fillRandom(rng, index)
 			fillRandom(rng, readers)
 			fillRandom(rng, r.data)
-		case 1: // plausible values: stamps, positions and lengths near the tails
+		case 1: // plausible values: words, positions and lengths near the tails
 			r = newHeapRing(g)
 			tail := rng.Uint64N(4 * n)
 			dataTail := rng.Uint64N(4 * g.DataBytes)
@@ -337,15 +358,18 @@ func TestVerifyGarbageNeverPanics(t *testing.T) {
 			r.ctl.abandoned.Store(rng.Uint64N(tail + 2))
 			fillRandom(rng, r.data)
 			for i := range r.index {
-				e := &r.index[i]
 				seq := uint64(i) + n*rng.Uint64N(5)
 				if rng.IntN(8) == 0 {
 					seq = rng.Uint64()
 				}
-				e.stamp.Store(stamp(seq, rng.Uint64N(4)))
-				e.dataPos.Store(dataTail - rng.Uint64N(2*g.DataBytes) + rng.Uint64N(64))
-				e.meta.Store(packMeta(rng.Uint32N(2*g.MaxRecord), rng.Uint32()))
+				pos := dataTail - rng.Uint64N(2*g.DataBytes) + rng.Uint64N(64)
+				w := r.fmt.committed(seq, pos)&^(3<<stateShift) | rng.Uint64N(4)<<stateShift
+				r.index[i].word.Store(w)
+				d := r.data[pos&r.dataMask:]
+				binary.LittleEndian.PutUint32(d, rng.Uint32N(2*g.MaxRecord))
+				binary.LittleEndian.PutUint32(d[4:], rng.Uint32())
 			}
+			copy(r.data[g.DataBytes:], r.data[:g.DataBytes])
 			for i := range r.slots {
 				r.slots[i].owner.Store(rng.Uint64N(4) << 32)
 				r.slots[i].cursor.Store(rng.Uint64N(tail + 2))
@@ -395,7 +419,11 @@ func FuzzVerify(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(validRing())
 	seed := validRing()
-	binary.LittleEndian.PutUint64(seed[16+3*shm.IndexEntrySize:], stamp(2, stateCommitted))
+	wf := newWordFormat(fuzzGeometry)
+	binary.LittleEndian.PutUint64(seed[16+3*shm.IndexEntrySize:], wf.committed(2, 100)) // lap 0 of entry 2 in entry 3
+	f.Add(seed)
+	seed = validRing()
+	binary.LittleEndian.PutUint64(seed[16+4*shm.IndexEntrySize:], wf.committed(4+16, 5)) // a lap ahead
 	f.Add(seed)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := heapRing(b)
@@ -414,14 +442,14 @@ func TestVerifyBoundsTheProblemList(t *testing.T) {
 	g := shm.Geometry{IndexSlots: 1024, DataBytes: 4096, ReaderSlots: 1}
 	r := newHeapRing(g.WithDefaults())
 	for i := range r.index {
-		r.index[i].stamp.Store(stamp(uint64(i)+1, 0)) // three problems each
+		r.index[i].word.Store(r.fmt.committed(uint64(i)+1024, 0) &^ (3 << stateShift)) // two problems each
 	}
 	rep, err := r.Verify()
 	require.NoError(t, err)
 	require.Len(t, rep.Problems, maxProblems+1)
 	last := rep.Problems[maxProblems]
 	assert.Equal(t, "verify", last.Where)
-	assert.Equal(t, fmt.Sprintf("%d more problems not listed", 3*1024-maxProblems), last.What)
+	assert.Equal(t, fmt.Sprintf("%d more problems not listed", 2*1024-maxProblems), last.What)
 }
 
 // Verify runs while producers append and a reader reads: it must report

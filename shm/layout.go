@@ -16,7 +16,7 @@ import (
 //	0                 4096          header page
 //	HeaderSize        R*64 (paged)  reader table   (layout owned by package ring)
 //	readersOff+..     U*32 (paged)  unique table   (layout owned by package events)
-//	uniqueOff+..      N*32 (paged)  index ring     (layout owned by package ring)
+//	uniqueOff+..      N*8 (paged)   index ring     (layout owned by package ring)
 //	indexOff+..       D             data ring      (opaque bytes, owned by package ring)
 //
 // The header page:
@@ -47,14 +47,17 @@ const (
 	// HeaderSize is the size of the header page.
 	HeaderSize = PageSize
 	// LayoutVersion is the version of this byte map. Bump it on any change.
-	LayoutVersion = 1
+	LayoutVersion = 2
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64
 	// UniqueSlotSize is the size of one unique-table entry.
 	UniqueSlotSize = 32
-	// IndexEntrySize is the size of one index-ring entry.
-	IndexEntrySize = 32
+	// IndexEntrySize is the size of one index-ring entry: one word.
+	IndexEntrySize = 8
+	// RecordHeaderSize is the size of the header package ring puts in front
+	// of each record in the data ring (length and checksum).
+	RecordHeaderSize = 8
 
 	// ControlOffset is where the control area starts inside the header page.
 	ControlOffset = 128
@@ -92,6 +95,30 @@ const (
 	MaxDataBytes   = 1 << 32
 	MaxReaderSlots = 1 << 12
 	MaxUniqueSlots = 1 << 22
+)
+
+// An index entry is one 64-bit word: 2 state bits, then L lap bits, then the
+// low P bits of the record's data-ring position (package ring has the byte
+// map). Readers recover the full position from dataTail, which is exact
+// while fewer than 2^P bytes were claimed after the record's own claim. That
+// holds for any record whose entry has not been reused if
+//
+//	2^P > (IndexSlots + InFlightRecords) * (MaxRecord + RecordHeaderSize)
+//
+// (at most IndexSlots-1 later sequence numbers, each with one record, plus
+// records whose bytes are claimed and whose sequence number is not yet).
+// P is the smallest such value (Geometry.PositionBits), and a geometry needs
+// P <= MaxPositionBits, so that at least MinLapBits remain for the lap.
+const (
+	// InFlightRecords bounds the records whose bytes are claimed but whose
+	// sequence number is not yet claimed, at any moment.
+	InFlightRecords = 4096
+	// IndexWordBits is the bits of an index word that hold lap and position.
+	IndexWordBits = 62
+	// MinLapBits is the fewest lap bits an index word may keep.
+	MinLapBits = 20
+	// MaxPositionBits is the most position bits an index word may take.
+	MaxPositionBits = IndexWordBits - MinLapBits
 )
 
 // Defaults used when a Geometry field is zero.
@@ -134,9 +161,30 @@ func (g Geometry) WithDefaults() Geometry {
 		g.UniqueSlots = DefaultUniqueSlots
 	}
 	if g.MaxRecord == 0 {
-		g.MaxRecord = uint32(min(g.DataBytes/4, 1<<31))
+		// A quarter of the data ring, halved until the index word can
+		// hold the positions it needs.
+		m := uint32(min(g.DataBytes/4, 1<<31))
+		for m > 1 && positionBits(g.IndexSlots, m) > MaxPositionBits {
+			m /= 2
+		}
+		g.MaxRecord = m
 	}
 	return g
+}
+
+// PositionBits returns P, the number of low data-ring position bits an index
+// word holds for this geometry: the smallest P with
+// 2^P > (IndexSlots + InFlightRecords) * (MaxRecord + RecordHeaderSize).
+// The lap gets the other IndexWordBits - P bits.
+func (g Geometry) PositionBits() uint { return positionBits(g.IndexSlots, g.MaxRecord) }
+
+func positionBits(indexSlots, maxRecord uint32) uint {
+	// At most (2^32 + 2^12) * (2^32 + 8) < 2^65: compute it in two words.
+	hi, lo := bits.Mul64(uint64(indexSlots)+InFlightRecords, uint64(maxRecord)+RecordHeaderSize)
+	if hi != 0 {
+		return 64 + uint(bits.Len64(hi))
+	}
+	return uint(bits.Len64(lo))
 }
 
 // Validate reports whether g is a geometry this layout can hold. It is used
@@ -153,6 +201,9 @@ func (g Geometry) Validate() error {
 		return fmt.Errorf("unique slots %d: want at most %d", g.UniqueSlots, MaxUniqueSlots)
 	case g.MaxRecord < 1 || uint64(g.MaxRecord) > g.DataBytes/2:
 		return fmt.Errorf("max record %d: want [1, %d] (half the data ring)", g.MaxRecord, g.DataBytes/2)
+	case g.PositionBits() > MaxPositionBits:
+		return fmt.Errorf("max record %d with %d index slots needs %d position bits in an index word, more than %d (the lap keeps at least %d): lower max record or index slots",
+			g.MaxRecord, g.IndexSlots, g.PositionBits(), MaxPositionBits, MinLapBits)
 	}
 	return nil
 }

@@ -15,6 +15,10 @@ import (
 // testGeometry is the smallest valid geometry: every section is one page.
 var testGeometry = Geometry{IndexSlots: 16, DataBytes: 4096, ReaderSlots: 1, UniqueSlots: 1, MaxRecord: 1024}
 
+// largestGeometry has every limit at its largest, and the largest MaxRecord
+// that leaves an index word 20 lap bits with that many index slots.
+var largestGeometry = Geometry{IndexSlots: MaxIndexSlots, DataBytes: MaxDataBytes, ReaderSlots: MaxReaderSlots, UniqueSlots: MaxUniqueSlots, MaxRecord: 1 << 15}
+
 // allSentinels are the errors DecodeHeader and Open classify failures with.
 var allSentinels = []error{ErrNotRing, ErrVersion, ErrCorrupt, ErrTruncated, ErrSymlink, ErrNotRegular, ErrForeignOwner, ErrGeometry}
 
@@ -66,10 +70,13 @@ func TestHeaderOffsets(t *testing.T) {
 		{"ControlSize", ControlSize, 3968},
 		{"HeaderSize", HeaderSize, 4096},
 		{"PageSize", PageSize, 4096},
-		{"LayoutVersion", LayoutVersion, 1},
+		{"LayoutVersion", LayoutVersion, 2},
 		{"ReaderSlotSize", ReaderSlotSize, 64},
 		{"UniqueSlotSize", UniqueSlotSize, 32},
-		{"IndexEntrySize", IndexEntrySize, 32},
+		{"IndexEntrySize", IndexEntrySize, 8},
+		{"RecordHeaderSize", RecordHeaderSize, 8},
+		{"InFlightRecords", InFlightRecords, 4096},
+		{"MaxPositionBits", MaxPositionBits, 42},
 	}
 	for _, tc := range tests {
 		assert.Equal(t, tc.want, tc.got, "%s moved: the header byte map is an ABI", tc.name)
@@ -90,7 +97,7 @@ func TestEncodeHeaderByteMap(t *testing.T) {
 	le := binary.LittleEndian
 	// Literal offsets on purpose: this is the documented byte map.
 	assert.Equal(t, "SHMRING\x00", string(page[0:8]), "magic")
-	assert.Equal(t, uint32(1), le.Uint32(page[8:]), "version")
+	assert.Equal(t, uint32(2), le.Uint32(page[8:]), "version")
 	assert.Equal(t, uint32(0), le.Uint32(page[12:]), "flags")
 	assert.Equal(t, uint32(0x1000), le.Uint32(page[16:]), "index slots")
 	assert.Equal(t, uint32(0x0203), le.Uint32(page[20:]), "reader slots")
@@ -131,9 +138,9 @@ func TestSections(t *testing.T) {
 			want: Sections{
 				ReadersOff: 4096, ReadersSize: 4096,
 				UniqueOff: 8192, UniqueSize: 32768,
-				IndexOff: 40960, IndexSize: 524288,
-				DataOff: 565248, DataSize: 4 << 20,
-				FileSize: 4759552,
+				IndexOff: 40960, IndexSize: 131072,
+				DataOff: 172032, DataSize: 4 << 20,
+				FileSize: 4366336,
 			},
 		},
 		{
@@ -142,20 +149,20 @@ func TestSections(t *testing.T) {
 			want: Sections{
 				ReadersOff: 4096, ReadersSize: 8192,
 				UniqueOff: 12288, UniqueSize: 0,
-				IndexOff: 12288, IndexSize: 8192,
-				DataOff: 20480, DataSize: 8192,
-				FileSize: 28672,
+				IndexOff: 12288, IndexSize: 4096,
+				DataOff: 16384, DataSize: 8192,
+				FileSize: 24576,
 			},
 		},
 		{
 			name: "largest",
-			g:    Geometry{IndexSlots: MaxIndexSlots, DataBytes: MaxDataBytes, ReaderSlots: MaxReaderSlots, UniqueSlots: MaxUniqueSlots, MaxRecord: 1 << 31},
+			g:    largestGeometry,
 			want: Sections{
 				ReadersOff: 4096, ReadersSize: 262144,
 				UniqueOff: 266240, UniqueSize: 134217728,
-				IndexOff: 134483968, IndexSize: 2147483648,
-				DataOff: 2281967616, DataSize: 4294967296,
-				FileSize: 6576934912,
+				IndexOff: 134483968, IndexSize: 536870912,
+				DataOff: 671354880, DataSize: 4294967296,
+				FileSize: 4966322176,
 			},
 		},
 	}
@@ -209,8 +216,13 @@ func TestGeometryValidate(t *testing.T) {
 		{"max record zero", with(func(g *Geometry) { g.MaxRecord = 0 }), "max record"},
 		{"max record over half the data ring", with(func(g *Geometry) { g.MaxRecord = 1<<19 + 1 }), "max record"},
 		{"max record the whole data ring", with(func(g *Geometry) { g.MaxRecord = 1 << 20 }), "max record"},
-		{"max record half of the largest ring", Geometry{IndexSlots: 16, DataBytes: MaxDataBytes, ReaderSlots: 1, MaxRecord: 1 << 31}, ""},
 		{"max record above half of the largest ring", Geometry{IndexSlots: 16, DataBytes: MaxDataBytes, ReaderSlots: 1, MaxRecord: 1<<31 + 1}, "max record"},
+		// An index word keeps 20 lap bits: (N + 4096) * (MaxRecord + 8) < 2^42.
+		{"max record half of the largest ring: too many position bits", Geometry{IndexSlots: 16, DataBytes: MaxDataBytes, ReaderSlots: 1, MaxRecord: 1 << 31}, "position bits"},
+		{"largest max record for 16 index slots", Geometry{IndexSlots: 16, DataBytes: MaxDataBytes, ReaderSlots: 1, MaxRecord: (1<<42-1)/(16+4096) - 8}, ""},
+		{"one byte more: 43 position bits", Geometry{IndexSlots: 16, DataBytes: MaxDataBytes, ReaderSlots: 1, MaxRecord: (1<<42-1)/(16+4096) - 7}, "43 position bits"},
+		{"largest index slots, largest max record for them", largestGeometry, ""},
+		{"largest index slots, max record doubled", with(func(g *Geometry) { *g = largestGeometry; g.MaxRecord *= 2 }), "position bits"},
 		{"zero geometry", Geometry{}, "index slots"},
 	}
 	for _, tc := range tests {
@@ -234,7 +246,9 @@ func TestGeometryWithDefaults(t *testing.T) {
 	}{
 		{"zero", Geometry{}, Geometry{IndexSlots: DefaultIndexSlots, DataBytes: DefaultDataBytes, ReaderSlots: DefaultReaderSlots, UniqueSlots: DefaultUniqueSlots, MaxRecord: DefaultDataBytes / 4}},
 		{"data bytes given: max record follows it", Geometry{DataBytes: 1 << 16}, Geometry{IndexSlots: DefaultIndexSlots, DataBytes: 1 << 16, ReaderSlots: DefaultReaderSlots, UniqueSlots: DefaultUniqueSlots, MaxRecord: 1 << 14}},
-		{"largest data ring", Geometry{DataBytes: MaxDataBytes}, Geometry{IndexSlots: DefaultIndexSlots, DataBytes: MaxDataBytes, ReaderSlots: DefaultReaderSlots, UniqueSlots: DefaultUniqueSlots, MaxRecord: 1 << 30}},
+		// A quarter, 2^30, would need 45 position bits; 2^27 needs 42.
+		{"largest data ring", Geometry{DataBytes: MaxDataBytes}, Geometry{IndexSlots: DefaultIndexSlots, DataBytes: MaxDataBytes, ReaderSlots: DefaultReaderSlots, UniqueSlots: DefaultUniqueSlots, MaxRecord: 1 << 27}},
+		{"largest index and data rings", Geometry{IndexSlots: MaxIndexSlots, DataBytes: MaxDataBytes}, Geometry{IndexSlots: MaxIndexSlots, DataBytes: MaxDataBytes, ReaderSlots: DefaultReaderSlots, UniqueSlots: DefaultUniqueSlots, MaxRecord: 1 << 15}},
 		{"all given are kept", testGeometry, testGeometry},
 		{"max record given is kept", Geometry{MaxRecord: 7}, Geometry{IndexSlots: DefaultIndexSlots, DataBytes: DefaultDataBytes, ReaderSlots: DefaultReaderSlots, UniqueSlots: DefaultUniqueSlots, MaxRecord: 7}},
 	}
@@ -249,7 +263,7 @@ func TestGeometryWithDefaults(t *testing.T) {
 }
 
 func TestDecodeHeaderRoundTrip(t *testing.T) {
-	for _, g := range []Geometry{testGeometry, Geometry{}.WithDefaults(), {IndexSlots: MaxIndexSlots, DataBytes: MaxDataBytes, ReaderSlots: MaxReaderSlots, UniqueSlots: MaxUniqueSlots, MaxRecord: 1 << 31}} {
+	for _, g := range []Geometry{testGeometry, Geometry{}.WithDefaults(), largestGeometry} {
 		for _, created := range []time.Time{time.Unix(0, 0), time.Unix(0, 1_700_000_000_123_456_789), time.Unix(0, -1), time.Now()} {
 			in := Header{Version: LayoutVersion, Geometry: g, Created: created, CreatorPID: 0x7fff_fff0}
 			page := make([]byte, HeaderSize)
@@ -312,10 +326,11 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"short with magic", valid[:100], ErrTruncated, "header is 100 bytes"},
 		{"one byte short", valid[:HeaderSize-1], ErrTruncated, "want 4096"},
 		{"short with magic and wrong version", mutate(func(b []byte) { b[offVersion] = 9 })[:64], ErrTruncated, "header is 64 bytes"},
-		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 2; fixCRC(b) }), ErrVersion, "layout version 2"},
-		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 2 }), ErrVersion, "layout version 2"},
+		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 3; fixCRC(b) }), ErrVersion, "layout version 3"},
+		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 3 }), ErrVersion, "layout version 3"},
+		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 2"},
 		{"version zero", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offVersion:], 0); fixCRC(b) }), ErrVersion, "layout version 0"},
-		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 2; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 2"},
+		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 3; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 3"},
 		{"CRC byte flipped", mutate(func(b []byte) { b[offGeometryCRC] ^= 1 }), ErrCorrupt, "checksum"},
 		{"bad geometry, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offIndexSlots:], 17); fixCRC(b) }), ErrCorrupt, "geometry"},
 		{"max record too large, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offMaxRecord:], 4096); fixCRC(b) }), ErrCorrupt, "max record"},

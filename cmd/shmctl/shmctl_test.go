@@ -950,7 +950,11 @@ func TestPost(t *testing.T) {
 	assert.NoFileExists(t, missing, "post created the missing ring")
 }
 
-// damageRecord flips one byte of the data of committed record seq.
+// damageRecord flips one byte of the data of committed record seq. It reads
+// the byte maps of shm/layout.go and ring/layout.go: the index word holds
+// state (bits 62-63), lap (bits P-61) and the position's low P bits; the
+// full position comes back from dataTail; the record starts with an 8-byte
+// header whose first 4 bytes are its length.
 func damageRecord(t *testing.T, path string, seq uint64) {
 	t.Helper()
 	r, err := shm.Open(path, shm.Options{})
@@ -960,14 +964,19 @@ func damageRecord(t *testing.T, path string, seq uint64) {
 	idx := r.Index()
 	off := (seq % uint64(g.IndexSlots)) * shm.IndexEntrySize
 	le := binary.LittleEndian
-	stamp := le.Uint64(idx[off:])
-	require.Equal(t, seq, stamp>>2, "index entry holds another sequence")
-	require.Equal(t, uint64(2), stamp&3, "record %d is not committed", seq)
-	pos := le.Uint64(idx[off+8:])
-	length := le.Uint32(idx[off+16:])
-	require.NotZero(t, length)
+	word := le.Uint64(idx[off:])
+	p := g.PositionBits()
+	lapMask := uint64(1)<<(shm.IndexWordBits-p) - 1
+	require.Equal(t, (seq/uint64(g.IndexSlots))&lapMask, word>>p&lapMask, "index entry holds another lap")
+	require.Equal(t, uint64(2), word>>62, "record %d is not committed", seq)
+	dataTail := le.Uint64(r.Control()[128:]) // ring/layout.go: dataTail at control offset 128
+	posMask := uint64(1)<<p - 1
+	pos := dataTail - (dataTail-word)&posMask
 	data := r.Data()
-	data[pos%g.DataBytes+uint64(length)/2] ^= 0x5a
+	start := pos % g.DataBytes
+	length := le.Uint32(data[start:])
+	require.NotZero(t, length)
+	data[start+shm.RecordHeaderSize+uint64(length)/2] ^= 0x5a
 }
 
 func TestVerify(t *testing.T) {
