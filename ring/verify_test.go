@@ -174,7 +174,7 @@ func TestVerifyReportsDamage(t *testing.T) {
 			r.index[6].word.Store(r.index[6].word.Load() &^ (3 << stateShift))
 		}, []want{{"index entry 6 (seq 6)", "state 0"}}},
 		{"undefined state 1", func(r *Ring, _ *Reader) {
-			r.index[6].word.Store(r.index[6].word.Load() &^ (3<<stateShift) | 1<<stateShift)
+			r.index[6].word.Store(r.index[6].word.Load()&^(3<<stateShift) | 1<<stateShift)
 		}, []want{{"index entry 6 (seq 6)", "state 1"}}},
 		{"position past dataTail", func(r *Ring, _ *Reader) {
 			r.index[7].word.Store(r.fmt.committed(7, r.ctl.dataTail.Load()-4))
