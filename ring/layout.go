@@ -147,40 +147,40 @@ func newWordFormat(g shm.Geometry) wordFormat {
 }
 
 // lap returns the lap field for seq.
-func (f wordFormat) lap(seq uint64) uint64 { return seq >> f.indexShift & f.lapMask }
+func (f *wordFormat) lap(seq uint64) uint64 { return seq >> f.indexShift & f.lapMask }
 
 // committed returns the word of seq's committed record at pos.
-func (f wordFormat) committed(seq, pos uint64) uint64 {
+func (f *wordFormat) committed(seq, pos uint64) uint64 {
 	return stateCommitted<<stateShift | f.lap(seq)<<f.posBits | pos&f.posMask
 }
 
 // abandoned returns the word of seq's abandoned entry.
-func (f wordFormat) abandoned(seq uint64) uint64 {
+func (f *wordFormat) abandoned(seq uint64) uint64 {
 	return stateAbandoned<<stateShift | f.lap(seq)<<f.posBits
 }
 
 // tag returns a word's state and lap: the bits that say which seq it is for.
-func (f wordFormat) tag(w uint64) uint64 { return w >> f.posBits }
+func (f *wordFormat) tag(w uint64) uint64 { return w >> f.posBits }
 
 // tagOf returns the tag of seq's words in state.
-func (f wordFormat) tagOf(seq, state uint64) uint64 {
+func (f *wordFormat) tagOf(seq, state uint64) uint64 {
 	return state<<(stateShift-f.posBits) | f.lap(seq)
 }
 
 func wordState(w uint64) uint64 { return w >> stateShift }
 
 // wordLap returns a word's lap field.
-func (f wordFormat) wordLap(w uint64) uint64 { return w >> f.posBits & f.lapMask }
+func (f *wordFormat) wordLap(w uint64) uint64 { return w >> f.posBits & f.lapMask }
 
 // later reports whether non-zero word w belongs to a later lap than seq's.
-func (f wordFormat) later(w, seq uint64) bool {
+func (f *wordFormat) later(w, seq uint64) bool {
 	d := (f.wordLap(w) - f.lap(seq)) & f.lapMask
 	return d != 0 && d < f.lapHalf
 }
 
 // earlier reports whether w is zero or belongs to an earlier lap than
 // seq's: the entry is free for seq's commit.
-func (f wordFormat) earlier(w, seq uint64) bool {
+func (f *wordFormat) earlier(w, seq uint64) bool {
 	if w == 0 {
 		return true
 	}
@@ -190,7 +190,7 @@ func (f wordFormat) earlier(w, seq uint64) bool {
 
 // position recovers the full data-ring position of word w's record from
 // dataTail, loaded after the seqTail that covers the record's seq.
-func (f wordFormat) position(w, dataTail uint64) uint64 {
+func (f *wordFormat) position(w, dataTail uint64) uint64 {
 	return dataTail - (dataTail-w)&f.posMask
 }
 
