@@ -16,7 +16,8 @@ import (
 //
 //	ctl off  hdr off  size  field        written by                   read by
 //	0        128      8     seqTail      producers: fetch-add (claim)  readers: once per batch
-//	128      256      8     dataTail     producers: fetch-add (claim)  readers: once per batch (overwrite check)
+//	128      256      8     dataTail     producers: fetch-add (claim)  readers: twice per batch (positions,
+//	                                                                   then the overwrite check)
 //	256      384      4     wakeGen      producers: add to wake        readers: futex word
 //	260      388      4     sleeping     readers: 1 before a wait      producers: swap to 0, then wake
 //	384      512      8     abandoned    the reader that abandons      operators
@@ -33,6 +34,9 @@ import (
 //	P..61    lap    seq / N mod 2^L
 //	62..63   state  0 never written (the whole word is 0), 2 committed,
 //	                3 abandoned (pos bits 0); 1 is not used
+//
+// Stored little-endian, as every word here: the state is the top two bits of
+// byte 7.
 //
 // The word alone says which sequence number it belongs to: lap and entry
 // index give seq mod N*2^L, and a reader knows the seq it looks for. A
