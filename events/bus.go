@@ -524,16 +524,7 @@ func (b *Bus) Post(source, name string, data []byte) (Result, error) {
 // has passed since that claim. It returns ErrUniqueTableFull, without
 // posting, if the region's unique table has no room for the key.
 func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Result, error) {
-	if unique == "" {
-		return 0, ErrNoUnique
-	}
-	if err := checkNames(source, name); err != nil {
-		return 0, err
-	}
-	if err := b.checkRoom(unique); err != nil {
-		return 0, err
-	}
-	if _, err := b.publish(source, name, unique, data); err != nil {
+	if _, err := b.PublishUnique(source, name, data, unique); err != nil {
 		return 0, err
 	}
 	return b.Poll()
