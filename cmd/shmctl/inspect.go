@@ -97,7 +97,9 @@ type ReaderRow struct {
 	Waiting   bool      `json:"waiting"`
 }
 
-func inspect(r *ring.Ring) (Info, error) {
+// inspect describes r; rows are its readers, as readerRows returns them
+// (read once: listing them checks each owner's process in /proc).
+func inspect(r *ring.Ring, rows []ReaderRow) (Info, error) {
 	region := r.Region()
 	h := region.Header()
 	g := h.Geometry
@@ -122,13 +124,7 @@ func inspect(r *ring.Ring) (Info, error) {
 		info.Held = info.Next - info.Oldest
 	}
 	info.Fill = float64(info.Held) / float64(g.IndexSlots)
-	for _, rd := range r.Readers() {
-		if rd.Alive {
-			info.Readers.Live++
-		} else {
-			info.Readers.Dead++
-		}
-	}
+	info.Readers.Live, info.Readers.Dead = countAlive(rows)
 	st, keys, err := events.UniqueTable(region)
 	if err != nil {
 		return info, err
@@ -140,6 +136,18 @@ func inspect(r *ring.Ring) (Info, error) {
 		})
 	}
 	return info, nil
+}
+
+// countAlive counts the rows whose process runs, and the others.
+func countAlive(rows []ReaderRow) (live, dead int) {
+	for _, row := range rows {
+		if row.Alive {
+			live++
+		} else {
+			dead++
+		}
+	}
+	return live, dead
 }
 
 func readerRows(r *ring.Ring) []ReaderRow {
@@ -178,7 +186,7 @@ func infoCmd(stdout io.Writer) *cobra.Command {
 			}
 			defer r.Close()
 			var info Info
-			if err := guard(a[0], func() (err error) { info, err = inspect(r); return err }); err != nil {
+			if err := guard(a[0], func() (err error) { info, err = inspect(r, readerRows(r)); return err }); err != nil {
 				return err
 			}
 			if asJSON {
@@ -314,14 +322,7 @@ func rmCmd(stdout io.Writer) *cobra.Command {
 				return err
 			}
 			live := 0
-			gerr := guard(a[0], func() error {
-				for _, rd := range r.Readers() {
-					if rd.Alive {
-						live++
-					}
-				}
-				return nil
-			})
+			gerr := guard(a[0], func() error { live, _ = countAlive(readerRows(r)); return nil })
 			r.Close()
 			if gerr != nil && !force {
 				return gerr

@@ -59,8 +59,8 @@ func (c *ringCollector) Collect(ch chan<- prometheus.Metric) {
 	var info Info
 	var rows []ReaderRow
 	err := guard(c.r.Region().Path(), func() (err error) {
-		info, err = inspect(c.r)
 		rows = readerRows(c.r)
+		info, err = inspect(c.r, rows)
 		return err
 	})
 	if err != nil {
@@ -131,8 +131,8 @@ func serveCmd(stdout io.Writer) *cobra.Command {
 			mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 				var st Status
 				err := guard(a[0], func() (err error) {
-					st.Info, err = inspect(r)
 					st.Readers = readerRows(r)
+					st.Info, err = inspect(r, st.Readers)
 					return err
 				})
 				if err != nil {
