@@ -43,13 +43,13 @@ type statsSample struct {
 	lost      map[[2]int]uint64
 }
 
-func sample(path string, r *ring.Ring) (statsSample, []ring.ReaderInfo, error) {
+func sample(path string, r *ring.Ring) (statsSample, []ReaderRow, error) {
 	var s statsSample
-	var rs []ring.ReaderInfo
+	var rs []ReaderRow
 	err := guard(path, func() error {
 		c := r.Counters()
 		s = statsSample{at: time.Now(), next: c.Next, abandoned: c.Abandoned, lost: map[[2]int]uint64{}}
-		rs = r.Readers()
+		rs = readerRows(r)
 		for _, rd := range rs {
 			s.lost[[2]int{rd.Slot, rd.PID}] = rd.Lost
 		}
@@ -123,10 +123,7 @@ func statsCmd(stdout io.Writer) *cobra.Command {
 				}
 				t.LostPerS = float64(lost) / dt
 				for _, rd := range readers {
-					e := LagEntry{PID: rd.PID, Alive: rd.Alive}
-					if cur.next > rd.Cursor {
-						e.Lag = cur.next - rd.Cursor
-					}
+					e := LagEntry{PID: rd.PID, Alive: rd.Alive, Lag: rd.Lag}
 					if rd.Alive {
 						t.LiveReaders++
 					}
