@@ -105,8 +105,6 @@ func keyHash(key string) uint64 {
 	return h
 }
 
-// monotonicNow returns CLOCK_MONOTONIC in nanoseconds.
-func monotonicNow() int64 { return clock.Mono() }
 
 func (t *uniqueTable) lock() error {
 	deadline := time.Now().Add(t.lockWait)
@@ -197,7 +195,7 @@ func (t *uniqueTable) claim(hash, seq uint64, timeout time.Duration, oldest func
 		return 0, err
 	}
 	defer t.unlock()
-	now := monotonicNow()
+	now := clock.Mono()
 	e, found := t.probe(hash, now, oldest)
 	if found {
 		s := e.seq.Load()
@@ -235,7 +233,7 @@ func (t *uniqueTable) room(hash uint64, oldest func() uint64) (bool, error) {
 		return false, err
 	}
 	defer t.unlock()
-	e, _ := t.probe(hash, monotonicNow(), oldest)
+	e, _ := t.probe(hash, clock.Mono(), oldest)
 	return e != nil, nil
 }
 
@@ -267,7 +265,7 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 		Full:    t.hdr.full.Load(),
 		Steals:  t.hdr.steals.Load(),
 	}
-	now := monotonicNow()
+	now := clock.Mono()
 	var live []UniqueKey
 	for i := range t.entries[1:] {
 		e := &t.entries[1+i]
