@@ -105,7 +105,6 @@ func keyHash(key string) uint64 {
 	return h
 }
 
-
 func (t *uniqueTable) lock() error {
 	deadline := time.Now().Add(t.lockWait)
 	for spins := 0; ; spins++ {
