@@ -367,6 +367,24 @@ func (r *Region) Data() []byte { return r.section(r.secs.DataOff, 2*r.secs.DataS
 
 func (r *Region) section(off, size uint64) []byte { return r.mem[off : off+size : off+size] }
 
+// Prefault enters every page of the region into this process's page
+// tables now, writable, without changing a byte (MADV_POPULATE_WRITE, Linux
+// 5.14 or later). A process that does it before its hot loop takes no page
+// faults there on first touches: a fresh ring faults once per page and
+// process, a few microseconds each. On an older kernel it fails with an
+// error wrapping EINVAL, and the region works as before.
+func (r *Region) Prefault() error {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	if err := unix.Madvise(r.mem, unix.MADV_POPULATE_WRITE); err != nil {
+		return &PathError{Op: "prefault", Path: r.path, Err: err}
+	}
+	return nil
+}
+
 // Close unmaps the region and closes the file. It is idempotent.
 func (r *Region) Close() error {
 	r.closeMu.Lock()
