@@ -43,18 +43,18 @@ var latencySeries = []struct {
 }{
 	{"floor=futex", "latency-futex", floorSender(FutexSend)},
 	{"floor=cacheline", "latency-cacheline", floorSender(CachelineSend)},
-	{"events=wake", "latency-events-wake", eventsSender(true)},
-	{"events=spin", "latency-events-spin", eventsSender(false)},
+	{"events=wake", "latency-events-wake", eventsSeries(true)},
+	{"events=spin", "latency-events-spin", eventsSeries(false)},
 }
 
 // The events series share a bus file in the run's directory.
-func eventsSender(wake bool) latencySender {
+func eventsSeries(wake bool) latencySender {
 	return func(l *Link, dir string, n int) error {
 		return EventsSend(l, filepath.Join(dir, "events"), wake, n)
 	}
 }
 
-func eventsReceiver(mode events.Mode) latencyRecv {
+func eventsSeriesRecv(mode events.Mode) latencyRecv {
 	return func(l *Link, dir string, n int) (*Result, error) {
 		return EventsReceive(l, filepath.Join(dir, "events"), mode, n)
 	}

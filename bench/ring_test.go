@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/internal/testproc"
@@ -33,15 +31,13 @@ import (
 
 func TestHelperProcess(t *testing.T) {
 	testproc.Serve(map[string]testproc.Role{
-		"producer":    runProducer,
-		"reader":      runReader,
-		"spsc-writer": runSPSCWriter,
-		"spsc-reader": runSPSCReader,
+		"producer": runProducer,
+		"reader":   runReader,
 
 		"latency-futex":       latencyReceiver(floorReceiver(FutexReceive)),
 		"latency-cacheline":   latencyReceiver(floorReceiver(CachelineReceive)),
-		"latency-events-wake": latencyReceiver(eventsReceiver(events.Wake)),
-		"latency-events-spin": latencyReceiver(eventsReceiver(events.Spin)),
+		"latency-events-wake": latencyReceiver(eventsSeriesRecv(events.Wake)),
+		"latency-events-spin": latencyReceiver(eventsSeriesRecv(events.Spin)),
 		"now":                 runNow,
 	})
 }
@@ -192,15 +188,6 @@ var backoff = 3000
 
 const minLag = 256
 
-//go:noinline
-func spinPause(n int) int {
-	x := 0
-	for i := 0; i < n; i++ {
-		x += i
-	}
-	return x
-}
-
 func stampRecord(p []byte, id int, counter uint64) {
 	tag := uint64(id)<<48 | counter
 	binary.LittleEndian.PutUint64(p, tag)
@@ -282,123 +269,5 @@ func runReader(args []string) error {
 	}
 	st := rd.Stats()
 	fmt.Printf("done received=%d lost=%d bad=%d\n", st.Received, st.Lost+st.Abandoned+st.Corrupt, bad)
-	return nil
-}
-
-// BenchmarkFloorSPSC is the throughput floor: a bare single-producer,
-// single-consumer ring of 64-byte messages between two processes, with the
-// head and tail published once per 64 messages and no checks beyond the
-// reader's counter. It is what the hardware allows for this message size.
-func BenchmarkFloorSPSC(b *testing.B) {
-	path := filepath.Join(ringDir(b), "spsc")
-	region, err := shm.Create(path, shm.Options{Geometry: shm.Geometry{IndexSlots: 16, DataBytes: 1 << 22}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer region.Close()
-	n := strconv.Itoa(b.N)
-	reader := testproc.Start(b, "spsc-reader", path, n)
-	writer := testproc.Start(b, "spsc-writer", path, n)
-	for _, p := range []*testproc.Proc{reader, writer} {
-		if _, err := p.Expect("ready", time.Minute); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.SetBytes(64)
-	b.ResetTimer()
-	start := time.Now()
-	writer.Stdin.Close()
-	line, err := reader.Expect("done", 10*time.Minute)
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if line != "done bad=0" {
-		b.Fatalf("spsc reader: %s", line)
-	}
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "records/s")
-}
-
-const spscPublishEvery = 64
-
-// spscRing is the bare ring's view of a region: head and tail words on
-// their own 128-byte blocks of the control area, and 64-byte slots.
-type spscRing struct {
-	region      *shm.Region
-	head, tail  *atomic.Uint64
-	slots       []byte
-	mask, count uint64
-}
-
-// openSPSC opens the region for a role whose args are: path count.
-func openSPSC(args []string) (*spscRing, error) {
-	region, err := shm.Open(args[0], shm.Options{})
-	if err != nil {
-		return nil, err
-	}
-	count, _ := strconv.ParseUint(args[1], 10, 64)
-	ctl := region.Control()
-	data := region.Data()[:region.Geometry().DataBytes]
-	return &spscRing{
-		region: region,
-		head:   (*atomic.Uint64)(unsafe.Pointer(&ctl[0])),
-		tail:   (*atomic.Uint64)(unsafe.Pointer(&ctl[128])),
-		slots:  data,
-		mask:   uint64(len(data)/64) - 1,
-		count:  count,
-	}, nil
-}
-
-func runSPSCWriter(args []string) error {
-	q, err := openSPSC(args)
-	if err != nil {
-		return err
-	}
-	defer q.region.Close()
-	head, tail, slots, mask, count := q.head, q.tail, q.slots, q.mask, q.count
-	var msg [64]byte
-	fmt.Println("ready")
-	testproc.WaitStdinClosed()
-	limit := tail.Load() + mask + 1 // acquire: pairs with the reader's tail store
-	for i := uint64(0); i < count; i++ {
-		for i >= limit {
-			runtime.Gosched()
-			limit = tail.Load() + mask + 1
-		}
-		binary.LittleEndian.PutUint64(msg[:], i)
-		copy(slots[(i&mask)*64:], msg[:])
-		if (i+1)%spscPublishEvery == 0 {
-			head.Store(i + 1) // release: the messages before i+1 are written
-		}
-	}
-	head.Store(count)
-	return nil
-}
-
-func runSPSCReader(args []string) error {
-	q, err := openSPSC(args)
-	if err != nil {
-		return err
-	}
-	defer q.region.Close()
-	head, tail, slots, mask, count := q.head, q.tail, q.slots, q.mask, q.count
-	fmt.Println("ready")
-	bad := 0
-	for i := uint64(0); i < count; {
-		h := head.Load() // acquire: pairs with the writer's head store
-		if h == i {
-			continue
-		}
-		for ; i < h; i++ {
-			if binary.LittleEndian.Uint64(slots[(i&mask)*64:]) != i {
-				bad++
-			}
-			if (i+1)%spscPublishEvery == 0 {
-				tail.Store(i + 1) // release: slots before i+1 may be reused
-			}
-		}
-	}
-	fmt.Printf("done bad=%d\n", bad)
 	return nil
 }

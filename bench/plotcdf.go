@@ -1,0 +1,5 @@
+package bench
+
+import "errors"
+
+func plotCDF(rep *Report, path string) error { return errors.New("todo") }

@@ -1,0 +1,332 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/ring"
+)
+
+// A transport carries messages from producer processes to reader
+// processes: shmring's event bus in each of its reader modes, its bare ring,
+// and the baselines it is compared with.
+type transport struct {
+	name string
+	// spins says its readers keep a core busy while they wait.
+	spins bool
+	// oneProducer says it takes a single producer (a pipe per reader).
+	oneProducer bool
+	// ordered says every reader sees one global order, so their order
+	// hashes must agree when nothing was lost.
+	ordered bool
+	// lossy says readers may fall behind and lose messages rather than
+	// hold the producers back.
+	lossy bool
+	// prepare sets up, in the harness, what the children share.
+	prepare func(r *runEnv) error
+	// newSender and newReceiver run in the children.
+	newSender   func(s *childSpec, extra []*os.File) (sender, error)
+	newReceiver func(s *childSpec, extra []*os.File) (receiver, error)
+}
+
+// A sender sends messages of one producer.
+type sender interface {
+	// send sends msg; errDropped means the transport refused it (it is
+	// counted, not resent).
+	send(msg []byte) error
+	close() error
+}
+
+// A receiver receives the messages of one reader.
+type receiver interface {
+	// receive calls fn with every message and the time it arrived until
+	// fn returns false, or until stop is closed and nothing more is
+	// waiting. fn runs on one goroutine at a time.
+	receive(fn func(msg []byte, now int64) bool, stop <-chan struct{}) error
+	// counters are the transport's own counts, read after receive.
+	counters() map[string]int64
+	close() error
+}
+
+var errDropped = errors.New("bench: message dropped by the transport")
+
+// childSpec is what a child of a run is told, as its one argument.
+type childSpec struct {
+	Transport string        `json:"transport"`
+	Dir       string        `json:"dir"`
+	ID        int           `json:"id"`
+	Producers int           `json:"producers"`
+	Readers   int           `json:"readers"`
+	Size      int           `json:"size"`
+	Rate      int           `json:"rate"` // messages/s per producer; 0: as fast as it can
+	Duration  time.Duration `json:"duration"`
+	Sample    int           `json:"sample"`
+	Interval  time.Duration `json:"interval"` // Timer mode's poll period
+}
+
+var transports = map[string]*transport{}
+
+func init() {
+	for _, m := range []struct {
+		name string
+		mode events.Mode
+	}{{"events/spin", events.Spin}, {"events/wake", events.Wake}, {"events/timer", events.Timer}} {
+		mode := m.mode
+		transports[m.name] = &transport{
+			name: m.name, spins: mode == events.Spin, ordered: true, lossy: true,
+			prepare:   prepareRing,
+			newSender: newEventsSender,
+			newReceiver: func(s *childSpec, _ []*os.File) (receiver, error) {
+				return newEventsReceiver(s, mode)
+			},
+		}
+	}
+	transports["ring"] = &transport{
+		name: "ring", spins: true, ordered: true, lossy: true,
+		prepare:     prepareRing,
+		newSender:   newRingSender,
+		newReceiver: newRingReceiver,
+	}
+	transports["broker/unix"] = &transport{
+		name: "broker/unix", ordered: true,
+		prepare:     prepareBroker,
+		newSender:   newBrokerSender,
+		newReceiver: newBrokerReceiver,
+	}
+	transports["pipe"] = &transport{
+		name: "pipe", oneProducer: true, ordered: true,
+		prepare:     preparePipes,
+		newSender:   newPipeSender,
+		newReceiver: newPipeReceiver,
+	}
+	// "chan" runs in one process and "spsc" is a floor; run.go handles
+	// both apart.
+}
+
+// ringSizes returns a ring's data bytes and index slots for messages of
+// size bytes: room for a quarter of a second at tens of millions of small
+// messages a second, and for a few thousand of the largest.
+func ringSizes(size int) (dataBytes, slots int) {
+	dataBytes = 64 << 20
+	for dataBytes < 4096*(size+64) {
+		dataBytes <<= 1
+	}
+	return dataBytes, 1 << 20
+}
+
+func ringPath(dir string) string { return filepath.Join(dir, "ring") }
+
+// prepareRing creates the ring file, so that no child's first open races
+// another's over its geometry.
+func prepareRing(r *runEnv) error {
+	data, slots := ringSizes(r.spec.Size)
+	bus, err := events.Open(events.Options{
+		Path: ringPath(r.spec.Dir), Size: data, Slots: slots, Mode: events.Manual, Observe: true,
+	})
+	if err != nil {
+		return err
+	}
+	return bus.Close()
+}
+
+// Event bus messages all have one source and name.
+const (
+	benchSource = "bench"
+	benchName   = "m"
+)
+
+type eventsSender struct{ bus *events.Bus }
+
+func newEventsSender(s *childSpec, _ []*os.File) (sender, error) {
+	// A producer only posts: Manual runs no poller, Observe takes no
+	// reader slot and posts no started event.
+	bus, err := events.Open(events.Options{Path: ringPath(s.Dir), Mode: events.Manual, Observe: true, MustExist: true})
+	if err != nil {
+		return nil, err
+	}
+	prefault(bus.Ring())
+	return &eventsSender{bus: bus}, nil
+}
+
+func (e *eventsSender) send(msg []byte) error {
+	_, err := e.bus.Publish(benchSource, benchName, msg)
+	if errors.Is(err, ring.ErrAbandoned) {
+		return errDropped
+	}
+	return err
+}
+
+func (e *eventsSender) close() error { return e.bus.Close() }
+
+type eventsReceiver struct {
+	bus  *events.Bus
+	fn   atomic.Pointer[func(msg []byte, now int64) bool]
+	done chan struct{}
+}
+
+func newEventsReceiver(s *childSpec, mode events.Mode) (receiver, error) {
+	r := &eventsReceiver{done: make(chan struct{})}
+	ended := false
+	bus, err := events.Open(events.Options{
+		Path: ringPath(s.Dir), Mode: mode, Interval: s.Interval, MustExist: true,
+		Setup: func(b *events.Bus) {
+			b.Register(func(e *events.Event) {
+				now := Now()
+				fn := r.fn.Load() // set by receive before the run starts
+				if ended || fn == nil {
+					return
+				}
+				if !(*fn)(e.Data, now) {
+					ended = true
+					close(r.done)
+				}
+			}, benchSource, benchName)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.bus = bus
+	prefault(bus.Ring())
+	return r, nil
+}
+
+// receive runs while the bus's poller calls the handler. fn is set before
+// the first message of the run: the run starts after "ready".
+func (r *eventsReceiver) receive(fn func([]byte, int64) bool, stop <-chan struct{}) error {
+	r.fn.Store(&fn) // before the producers are released, so before the run's first message
+	select {
+	case <-r.done:
+		return nil
+	case <-r.bus.Done():
+		return r.bus.Err()
+	case <-stop:
+	}
+	// Told to stop: the producers are done; take what is still in the ring.
+	deadline := time.Now().Add(10 * time.Second)
+	for r.bus.Cursor() < r.bus.Ring().Next() && time.Now().Before(deadline) {
+		select {
+		case <-r.done:
+			return nil
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func (r *eventsReceiver) counters() map[string]int64 {
+	st := r.bus.Stats()
+	return map[string]int64{"lost": int64(st.Lost), "abandoned": int64(st.Abandoned), "corrupt": int64(st.Corrupt)}
+}
+
+func (r *eventsReceiver) close() error { return r.bus.Close() }
+
+// The bare ring: records appended with ring.Append and read by a spinning
+// ring.Reader, without the event bus's codec, handlers or poller.
+
+type ringSender struct{ r *ring.Ring }
+
+func newRingSender(s *childSpec, _ []*os.File) (sender, error) {
+	r, err := ring.Open(ringPath(s.Dir), ring.Options{})
+	if err != nil {
+		return nil, err
+	}
+	prefault(r)
+	return &ringSender{r: r}, nil
+}
+
+func (s *ringSender) send(msg []byte) error {
+	_, err := s.r.Append(msg)
+	if errors.Is(err, ring.ErrAbandoned) {
+		return errDropped
+	}
+	return err
+}
+
+func (s *ringSender) close() error { return s.r.Close() }
+
+type ringReceiver struct {
+	r  *ring.Ring
+	rd *ring.Reader
+}
+
+func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
+	r, err := ring.Open(ringPath(s.Dir), ring.Options{})
+	if err != nil {
+		return nil, err
+	}
+	rd, err := r.NewReader(ring.ReaderOptions{Batch: 1024})
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	prefault(r)
+	return &ringReceiver{r: r, rd: rd}, nil
+}
+
+func (s *ringReceiver) receive(fn func([]byte, int64) bool, stop <-chan struct{}) error {
+	stopped := false
+	for idle := 0; ; {
+		rec, err := s.rd.Read()
+		now := Now()
+		switch {
+		case err == nil:
+			idle = 0
+			if !fn(rec.Data, now) {
+				return nil
+			}
+			continue
+		case errors.Is(err, ring.ErrEmpty), errors.Is(err, ring.ErrPending):
+		default:
+			return err
+		}
+		if stopped && errors.Is(err, ring.ErrEmpty) {
+			return nil
+		}
+		// Empty: let a batch build up before looking again, rather than
+		// pull the lines the producers are writing to this core.
+		spinPause(2000)
+		if idle++; idle%1024 == 0 {
+			select {
+			case <-stop:
+				stopped = true
+			default:
+			}
+		}
+	}
+}
+
+func (s *ringReceiver) counters() map[string]int64 {
+	st := s.rd.Stats()
+	return map[string]int64{"lost": int64(st.Lost), "abandoned": int64(st.Abandoned), "corrupt": int64(st.Corrupt)}
+}
+
+func (s *ringReceiver) close() error {
+	return errors.Join(s.rd.Close(), s.r.Close())
+}
+
+// prefault takes the page faults of a fresh ring before the run rather
+// than in it. Where the kernel cannot, the run takes them, as a fresh
+// ring in production does.
+func prefault(r *ring.Ring) { _ = r.Region().Prefault() }
+
+//go:noinline
+func spinPause(n int) int {
+	x := 0
+	for i := range n {
+		x += i
+	}
+	return x
+}
+
+func checkSize(size int) error {
+	if size < MinSize {
+		return fmt.Errorf("bench: payload size %d is below the %d-byte header", size, MinSize)
+	}
+	return nil
+}
