@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,96 +13,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
-	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/internal/testproc"
 )
 
-// A latency series measures the one-way latency of one way for a process to
-// tell another something. It is a sender function, run in the benchmark's
-// own process, plus a receiver role, run in a child process that
-// TestHelperProcess serves. Each run gets a fresh directory holding a Link
-// (dir/link) that paces both sides the same way: one sample in flight, the
-// next sent only after the receiver's Ack. A series that shares more than
-// the Link (a bus file, say) keeps it in the same directory.
-//
-//   - The sender waits for WaitAck(i-1), takes its stamp with Now() as late
-//     as it can, and delivers it; after the last sample it waits for
-//     WaitAck(n).
-//   - The receiver calls Ready once it waits for samples, records
-//     Now()-stamp as early as it can after each arrives, calls Ack(i), and
-//     returns a Result; latencyReceiver turns that into a role.
-//
-// Another series (the events bus in wake mode, in spin mode) is one more
-// row here and one more role in TestHelperProcess, and runs next to the
-// floors in the same benchmark run, which is what it is compared with.
-var latencySeries = []struct {
-	name string        // sub-benchmark name
-	role string        // receiver role; its arguments are dir and n
-	send latencySender // the sending side, given the same dir and n
-}{
-	{"floor=futex", "latency-futex", floorSender(FutexSend)},
-	{"floor=cacheline", "latency-cacheline", floorSender(CachelineSend)},
-	{"events=wake", "latency-events-wake", eventsSeries(true)},
-	{"events=spin", "latency-events-spin", eventsSeries(false)},
-}
-
-// The events series share a bus file in the run's directory.
-func eventsSeries(wake bool) latencySender {
-	return func(l *Link, dir string, n int) error {
-		return EventsSend(l, filepath.Join(dir, "events"), wake, n)
-	}
-}
-
-func eventsSeriesRecv(mode events.Mode) latencyRecv {
-	return func(l *Link, dir string, n int) (*Result, error) {
-		return EventsReceive(l, filepath.Join(dir, "events"), mode, n)
-	}
-}
-
-// latencySender sends n samples over l; dir is the run's directory.
-type latencySender func(l *Link, dir string, n int) error
-
-// latencyRecv receives n samples over l; dir is the run's directory.
-type latencyRecv func(l *Link, dir string, n int) (*Result, error)
-
-// The floors share nothing but the Link.
-func floorSender(f func(*Link, int) error) latencySender {
-	return func(l *Link, _ string, n int) error { return f(l, n) }
-}
-
-func floorReceiver(f func(*Link, int) (*Result, error)) latencyRecv {
-	return func(l *Link, _ string, n int) (*Result, error) { return f(l, n) }
-}
-
-// latencyReceiver makes a receiver role (args: dir n). It prints "ready"
-// once the Link is mapped and "done <Result as JSON>" at the end.
-func latencyReceiver(recv latencyRecv) testproc.Role {
-	return func(args []string) error {
-		if len(args) != 2 {
-			return fmt.Errorf("want dir n, got %q", args)
-		}
-		dir := args[0]
-		n, err := strconv.Atoi(args[1])
-		if err != nil {
-			return err
-		}
-		l, err := OpenLink(filepath.Join(dir, "link"))
-		if err != nil {
-			return err
-		}
-		defer l.Close()
-		fmt.Println("ready")
-		res, err := recv(l, dir, n)
-		if err != nil {
-			return err
-		}
-		out, err := json.Marshal(res)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("done %s\n", out)
-		return nil
-	}
+// TestMain serves the harness's children (see ServeChild): the paced
+// series run their receivers in this test binary.
+func TestMain(m *testing.M) {
+	ServeChild()
+	os.Exit(m.Run())
 }
 
 // latencyDir is a fresh directory for one run: in /dev/shm (RAM, as in
@@ -117,65 +34,28 @@ func latencyDir(tb testing.TB) string {
 	return dir
 }
 
-// runLatency runs n samples of one series and returns the receiver's Result
-// (with exactly n samples, or the test fails) and the time the sender took.
-// In a benchmark only the sending is timed.
-func runLatency(tb testing.TB, name, role string, send latencySender, n int) (*Result, time.Duration) {
+// runLatency runs n samples of a paced series (paced.go) as shmbench does:
+// the sender here, the receiver in a child. The Result has exactly n
+// samples, or the test fails.
+func runLatency(tb testing.TB, s pacedSeries, n int) *Result {
 	tb.Helper()
-	dir := latencyDir(tb)
-	l, err := CreateLink(filepath.Join(dir, "link"))
+	h := &harness{cfg: Config{Exe: os.Args[0], Dir: latencyDir(tb), Samples: n}}
+	res, err := h.runPaced(s)
 	if err != nil {
-		tb.Fatal(err)
+		tb.Fatalf("%s: %v", s.name, err)
 	}
-	defer l.Close()
-	rcv := testproc.Start(tb, role, dir, strconv.Itoa(n))
-	if _, err := rcv.Expect("ready", time.Minute); err != nil {
-		tb.Fatal(err)
-	}
-	if err := l.WaitReady(); err != nil {
-		tb.Fatalf("%s: %v; receiver stderr: %s", name, err, rcv.Stderr())
-	}
-	b, isBench := tb.(*testing.B)
-	if isBench {
-		b.ResetTimer()
-	}
-	start := Now()
-	err = send(l, dir, n)
-	elapsed := time.Duration(Now() - start)
-	if isBench {
-		b.StopTimer()
-	}
-	if err != nil {
-		tb.Fatalf("%s: sender: %v; receiver stderr: %s", name, err, rcv.Stderr())
-	}
-	line, err := rcv.Expect("done ", l.Timeout)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := rcv.Wait(l.Timeout); err != nil {
-		tb.Fatal(err)
-	}
-	var res Result
-	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "done ")), &res); err != nil {
-		tb.Fatalf("%s: receiver's result %q: %v", name, line, err)
-	}
-	if res.Latency == nil || res.Latency.Count() != int64(n) {
-		tb.Fatalf("%s: receiver recorded %v samples, want %d", name, res.Latency, n)
-	}
-	return &res, elapsed
+	return res
 }
 
 // BenchmarkLatency measures one-way latency between two processes for each
 // series, b.N samples each. The metrics p50-ns, p90-ns, p99-ns, p99.9-ns and
 // max-ns are the one-way latencies; the futex floor's "awake" counts samples
 // in which the receiver never left the CPU (not a wake-up). ns/op is the
-// sender's time per sample, a whole paced cycle: delivery, acknowledgement
-// and, for the futex floor, the wait for the receiver to fall asleep. It
-// is not a latency.
+// time per sample of the whole run, child start-up included: not a latency.
 func BenchmarkLatency(b *testing.B) {
-	for _, s := range latencySeries {
+	for _, s := range pacedSeriesList {
 		b.Run(s.name, func(b *testing.B) {
-			res, _ := runLatency(b, s.name, s.role, s.send, b.N)
+			res := runLatency(b, s, b.N)
 			sum := res.Latency.Summary()
 			b.ReportMetric(float64(sum.P50), "p50-ns")
 			b.ReportMetric(float64(sum.P90), "p90-ns")
@@ -191,9 +71,9 @@ func BenchmarkLatency(b *testing.B) {
 
 func TestLatencySeries(t *testing.T) {
 	const n = 300
-	for _, s := range latencySeries {
+	for _, s := range pacedSeriesList {
 		t.Run(s.name, func(t *testing.T) {
-			res, _ := runLatency(t, s.name, s.role, s.send, n)
+			res := runLatency(t, s, n)
 			lat := res.Latency
 			t.Logf("%v %v", lat, res.Counters)
 			assert.EqualValues(t, n, lat.Count())
@@ -208,7 +88,7 @@ func TestLatencySeries(t *testing.T) {
 				prev = v
 			}
 			assert.Equal(t, lat.Max(), lat.Quantile(1))
-			if s.name == "floor=futex" {
+			if s.name == "floor/futex" {
 				assert.Contains(t, res.Counters, "awake")
 				assert.LessOrEqual(t, res.Counters["awake"], int64(n))
 			}

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/internal/testproc"
 	"github.com/shmring/shmring/ring"
 	"github.com/shmring/shmring/shm"
@@ -34,11 +33,7 @@ func TestHelperProcess(t *testing.T) {
 		"producer": runProducer,
 		"reader":   runReader,
 
-		"latency-futex":       latencyReceiver(floorReceiver(FutexReceive)),
-		"latency-cacheline":   latencyReceiver(floorReceiver(CachelineReceive)),
-		"latency-events-wake": latencyReceiver(eventsSeriesRecv(events.Wake)),
-		"latency-events-spin": latencyReceiver(eventsSeriesRecv(events.Spin)),
-		"now":                 runNow,
+		"now": runNow,
 	})
 }
 

@@ -80,6 +80,11 @@ func (c Config) withDefaults() (Config, error) {
 			c.Dir = "/dev/shm"
 		}
 	}
+	if fi, err := os.Stat(c.Dir); err != nil {
+		return c, fmt.Errorf("bench: directory for the runs: %w", err)
+	} else if !fi.IsDir() {
+		return c, fmt.Errorf("bench: %s is not a directory", c.Dir)
+	}
 	def := func(v *int, normal, quick int) {
 		if *v == 0 {
 			*v = normal

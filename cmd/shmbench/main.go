@@ -66,7 +66,12 @@ ring, next to the floors (a shared cache line, a futex, a bare SPSC ring) and
 the baselines (a broker relaying over unix sockets, a pipe per reader, Go
 channels in one process). Every reader checks the count and order of what it
 received; a row that lost events says so.`,
-		Args:          cobra.NoArgs,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return errUsage{fmt.Errorf("unexpected argument %q (every setting is a flag; see --help)", args[0])}
+			}
+			return nil
+		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {

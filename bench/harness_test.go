@@ -1,0 +1,199 @@
+package bench
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func frame(size, id int, seq uint64, stamp int64) []byte {
+	msg := make([]byte, size)
+	putFrame(msg, stamp, id, seq)
+	return msg
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	msg := frame(MinSize, 3, 12345, 987654321)
+	stamp, id, seq := readFrame(msg)
+	assert.Equal(t, int64(987654321), stamp)
+	assert.Equal(t, 3, id)
+	assert.Equal(t, uint64(12345), seq)
+	_, _, seq = readFrame(frame(64, 1, endSeq, 1))
+	assert.Equal(t, uint64(endSeq), seq)
+}
+
+// The verifier counts exactly what a reader missed, saw twice or out of
+// order, and ends at the last end marker.
+func TestVerifier(t *testing.T) {
+	v := newVerifier(2, 32, 2)
+	now := int64(1000)
+	add := func(id int, seq uint64) bool { return v.add(frame(32, id, seq, now-100), now) }
+	for _, seq := range []uint64{0, 1, 2, 5, 6} { // 3 and 4 lost
+		assert.True(t, add(0, seq))
+	}
+	assert.True(t, add(1, 0))
+	assert.True(t, add(1, 1))
+	assert.True(t, add(1, 1), "a duplicate is disorder")
+	assert.True(t, v.add(make([]byte, 31), now), "wrong size")
+	assert.True(t, add(7, 0), "unknown producer")
+	assert.True(t, add(0, endSeq))
+	assert.True(t, add(0, endSeq), "a second end marker of one producer changes nothing")
+	assert.False(t, v.done())
+	assert.False(t, add(1, endSeq), "the last end marker ends the run")
+	assert.True(t, v.done())
+
+	res := v.result(5000)
+	assert.EqualValues(t, 8, res.Received)
+	assert.EqualValues(t, 2, res.Gaps)
+	assert.EqualValues(t, 1, res.Disorder)
+	assert.EqualValues(t, 2, res.Malformed)
+	assert.Equal(t, now, res.EndNs, "the end is when the last marker came")
+	// Every second sequence number is sampled: 0, 2, 6 of producer 0 and
+	// 0 of producer 1.
+	assert.EqualValues(t, 4, res.Latency.Count())
+	assert.Equal(t, 100*time.Nanosecond, res.Latency.Max())
+
+	// Two readers that saw the same tags in the same order agree; another
+	// order does not.
+	a, b, c := newVerifier(2, 16, 1), newVerifier(2, 16, 1), newVerifier(2, 16, 1)
+	for _, v := range []*verifier{a, b} {
+		v.add(frame(16, 0, 0, 1), 2)
+		v.add(frame(16, 1, 0, 1), 2)
+	}
+	c.add(frame(16, 1, 0, 1), 2)
+	c.add(frame(16, 0, 0, 1), 2)
+	assert.Equal(t, a.res.OrderHash, b.res.OrderHash)
+	assert.NotEqual(t, a.res.OrderHash, c.res.OrderHash)
+}
+
+func readerResult(received uint64, hash uint64, end int64) ReaderResult {
+	return ReaderResult{Received: received, OrderHash: hash, EndNs: end, Latency: new(Latency)}
+}
+
+// A row's check says what went wrong: losses are counted (and fail the row
+// only on a transport that must not lose), disagreement and disorder fail.
+func TestRowCheck(t *testing.T) {
+	prod := []ProducerResult{{Sent: 100, StartNs: 1_000_000_000}}
+	for _, c := range []struct {
+		series  string
+		readers []ReaderResult
+		check   string
+		failed  bool
+	}{
+		{"events/wake", []ReaderResult{readerResult(100, 7, 2e9), readerResult(100, 7, 2e9)}, "ok", false},
+		{"events/wake", []ReaderResult{readerResult(100, 7, 2e9), readerResult(90, 8, 2e9)}, "lost 10", false},
+		{"broker/unix", []ReaderResult{readerResult(90, 8, 2e9)}, "LOST 10 on a lossless transport", true},
+		{"ring", []ReaderResult{readerResult(100, 7, 2e9), readerResult(100, 8, 2e9)}, "readers disagree on the order", true},
+		{"chan", []ReaderResult{readerResult(100, 7, 2e9), readerResult(100, 8, 2e9)}, "readers disagree on the order", true},
+		{"pipe", []ReaderResult{{Received: 100, Disorder: 3, EndNs: 2e9}}, "3 out of order", true},
+		{"pipe", []ReaderResult{readerResult(101, 1, 2e9)}, "1 bad", true},
+	} {
+		r := &Row{Series: c.series}
+		hist := new(Latency)
+		r.add(runOut{producers: prod, readers: c.readers}, hist)
+		r.finish(hist, nil, transports[c.series])
+		assert.Equal(t, c.check, r.Check, "%s %+v", c.series, c.readers)
+		assert.Equal(t, c.failed, r.Failed(), "%s %s", c.series, r.Check)
+	}
+
+	// The rate is the slowest reader's, over the time from the first send
+	// to the last reader's end; the row's is the median of its runs.
+	r := &Row{Series: "ring", Size: 100}
+	hist := new(Latency)
+	for _, end := range []int64{2e9, 3e9, 1.5e9} {
+		r.add(runOut{producers: prod, readers: []ReaderResult{readerResult(100, 1, end), readerResult(80, 1, end)}}, hist)
+	}
+	r.finish(hist, nil, transports["ring"])
+	assert.Equal(t, []float64{80, 40, 160}, r.RunRates)
+	assert.Equal(t, 80.0, r.EventsPerSec)
+	assert.InDelta(t, 0.008, r.MBPerSec, 1e-12)
+	assert.EqualValues(t, 60, r.Lost, "the most one reader missed, over three runs")
+
+	r = &Row{Series: "pipe"}
+	r.finish(new(Latency), []string{"boom"}, transports["pipe"])
+	assert.Equal(t, "FAILED", r.Check)
+	assert.True(t, r.Failed())
+}
+
+func TestMedian(t *testing.T) {
+	assert.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	assert.Equal(t, 2.5, median([]float64{4, 1, 3, 2}))
+	in := []float64{3, 1, 2}
+	median(in)
+	assert.Equal(t, []float64{3, 1, 2}, in, "the input is left alone")
+}
+
+func TestConfigDefaultsAndErrors(t *testing.T) {
+	c, err := Config{Dir: t.TempDir()}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, 400*time.Millisecond, c.Duration)
+	assert.Equal(t, 3, c.Repeat)
+	assert.Equal(t, []int{64}, c.Sizes)
+	assert.Equal(t, []string{"spin", "wake", "timer"}, c.Modes)
+	assert.NotEmpty(t, c.Exe)
+	q, err := Config{Dir: t.TempDir(), Quick: true}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, 100*time.Millisecond, q.Duration)
+	assert.Equal(t, 1, q.Repeat)
+
+	for _, bad := range []Config{
+		{Sizes: []int{15}},
+		{Sizes: []int{1 << 25}},
+		{Modes: []string{"poll"}},
+		{Readers: []int{0}},
+		{Producers: []int{65}},
+		{Series: []string{"smoke-signals"}},
+		{Rate: -1},
+		{Dir: "/nonexistent/shmbench"},
+		{Dir: "/dev/null"},
+	} {
+		if bad.Dir == "" {
+			bad.Dir = t.TempDir()
+		}
+		_, err := bad.withDefaults()
+		assert.Error(t, err, "%+v", bad)
+	}
+	// Modes select the bus's series.
+	c, err = Config{Dir: t.TempDir(), Modes: []string{"wake"}}.withDefaults()
+	require.NoError(t, err)
+	assert.True(t, c.wants("events/wake"))
+	assert.False(t, c.wants("events/spin"))
+	assert.True(t, c.wants("broker/unix"))
+}
+
+// A child that fails says why, and the row carries it; the others still run.
+func TestRunReportsAFailingRow(t *testing.T) {
+	rep, err := Run(Config{
+		Exe: "/bin/false", Dir: t.TempDir(), Quick: true, Readers: []int{1}, Producers: []int{1},
+		Series: []string{"pipe", "floor/futex"},
+	})
+	require.NoError(t, err)
+	require.NotEmpty(t, rep.Rows)
+	for _, r := range rep.Rows {
+		assert.True(t, r.Failed(), r.Series)
+		assert.NotEmpty(t, r.Err, r.Series)
+	}
+	var out bytes.Buffer
+	require.NoError(t, rep.WriteTable(&out))
+	assert.Contains(t, out.String(), "FAILED")
+	assert.Contains(t, out.String(), "error: ")
+}
+
+func TestPlotNeedsLatencyRows(t *testing.T) {
+	err := Plot(&Report{}, t.TempDir()+"/x.png")
+	assert.Error(t, err)
+	_, statErr := os.Stat(t.TempDir() + "/x.png")
+	assert.True(t, os.IsNotExist(statErr))
+}
+
+func TestMachine(t *testing.T) {
+	m := ReadMachine()
+	assert.Positive(t, m.CPUs)
+	assert.True(t, strings.HasPrefix(m.Go, "go"))
+	assert.Contains(t, m.String(), "CPUs")
+}
