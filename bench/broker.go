@@ -186,7 +186,7 @@ type stream struct {
 	size int
 }
 
-func (s *stream) receive(fn func([]byte, int64) bool, _ <-chan struct{}) error {
+func (s *stream) receive(fn func([]byte) bool, _ <-chan struct{}) error {
 	in := bufio.NewReaderSize(s.r, 256<<10)
 	msg := make([]byte, s.size)
 	for {
@@ -196,7 +196,7 @@ func (s *stream) receive(fn func([]byte, int64) bool, _ <-chan struct{}) error {
 			}
 			return err
 		}
-		if !fn(msg, Now()) {
+		if !fn(msg) {
 			return nil
 		}
 	}

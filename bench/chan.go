@@ -47,7 +47,7 @@ func runChanChild(args []string, _ []*os.File) (any, error) {
 			defer readers.Done()
 			v := newVerifier(spec.Producers, spec.Size, spec.Sample)
 			for msg := range out {
-				if !v.add(msg, Now()) {
+				if !v.add(msg) {
 					break
 				}
 			}

@@ -31,42 +31,44 @@ func TestFrameRoundTrip(t *testing.T) {
 // order, and ends at the last end marker.
 func TestVerifier(t *testing.T) {
 	v := newVerifier(2, 32, 2)
-	now := int64(1000)
-	add := func(id int, seq uint64) bool { return v.add(frame(32, id, seq, now-100), now) }
+	add := func(id int, seq uint64) bool { return v.add(frame(32, id, seq, Now()-100_000)) }
 	for _, seq := range []uint64{0, 1, 2, 5, 6} { // 3 and 4 lost
 		assert.True(t, add(0, seq))
 	}
 	assert.True(t, add(1, 0))
 	assert.True(t, add(1, 1))
 	assert.True(t, add(1, 1), "a duplicate is disorder")
-	assert.True(t, v.add(make([]byte, 31), now), "wrong size")
+	assert.True(t, v.add(make([]byte, 31)), "wrong size")
 	assert.True(t, add(7, 0), "unknown producer")
 	assert.True(t, add(0, endSeq))
 	assert.True(t, add(0, endSeq), "a second end marker of one producer changes nothing")
 	assert.False(t, v.done())
+	before := Now()
 	assert.False(t, add(1, endSeq), "the last end marker ends the run")
+	after := Now()
 	assert.True(t, v.done())
 
-	res := v.result(5000)
+	res := v.result(after + 1e9)
 	assert.EqualValues(t, 8, res.Received)
 	assert.EqualValues(t, 2, res.Gaps)
 	assert.EqualValues(t, 1, res.Disorder)
 	assert.EqualValues(t, 2, res.Malformed)
-	assert.Equal(t, now, res.EndNs, "the end is when the last marker came")
+	assert.True(t, before <= res.EndNs && res.EndNs <= after, "the end is when the last marker came")
 	// Every second sequence number is sampled: 0, 2, 6 of producer 0 and
 	// 0 of producer 1.
 	assert.EqualValues(t, 4, res.Latency.Count())
-	assert.Equal(t, 100*time.Nanosecond, res.Latency.Max())
+	assert.GreaterOrEqual(t, res.Latency.Min(), 100*time.Microsecond)
+	assert.Less(t, res.Latency.Max(), time.Minute)
 
 	// Two readers that saw the same tags in the same order agree; another
 	// order does not.
 	a, b, c := newVerifier(2, 16, 1), newVerifier(2, 16, 1), newVerifier(2, 16, 1)
 	for _, v := range []*verifier{a, b} {
-		v.add(frame(16, 0, 0, 1), 2)
-		v.add(frame(16, 1, 0, 1), 2)
+		v.add(frame(16, 0, 0, 1))
+		v.add(frame(16, 1, 0, 1))
 	}
-	c.add(frame(16, 1, 0, 1), 2)
-	c.add(frame(16, 0, 0, 1), 2)
+	c.add(frame(16, 1, 0, 1))
+	c.add(frame(16, 0, 0, 1))
 	assert.Equal(t, a.res.OrderHash, b.res.OrderHash)
 	assert.NotEqual(t, a.res.OrderHash, c.res.OrderHash)
 }

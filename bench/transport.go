@@ -44,10 +44,10 @@ type sender interface {
 
 // A receiver receives the messages of one reader.
 type receiver interface {
-	// receive calls fn with every message and the time it arrived until
+	// receive calls fn with every message as soon as it arrives, until
 	// fn returns false, or until stop is closed and nothing more is
 	// waiting. fn runs on one goroutine at a time.
-	receive(fn func(msg []byte, now int64) bool, stop <-chan struct{}) error
+	receive(fn func(msg []byte) bool, stop <-chan struct{}) error
 	// counters are the transport's own counts, read after receive.
 	counters() map[string]int64
 	close() error
@@ -165,7 +165,7 @@ func (e *eventsSender) close() error { return e.bus.Close() }
 
 type eventsReceiver struct {
 	bus  *events.Bus
-	fn   atomic.Pointer[func(msg []byte, now int64) bool]
+	fn   atomic.Pointer[func(msg []byte) bool]
 	done chan struct{}
 }
 
@@ -176,12 +176,11 @@ func newEventsReceiver(s *childSpec, mode events.Mode) (receiver, error) {
 		Path: ringPath(s.Dir), Mode: mode, Interval: s.Interval, MustExist: true,
 		Setup: func(b *events.Bus) {
 			b.Register(func(e *events.Event) {
-				now := Now()
 				fn := r.fn.Load() // set by receive before the run starts
 				if ended || fn == nil {
 					return
 				}
-				if !(*fn)(e.Data, now) {
+				if !(*fn)(e.Data) {
 					ended = true
 					close(r.done)
 				}
@@ -198,7 +197,7 @@ func newEventsReceiver(s *childSpec, mode events.Mode) (receiver, error) {
 
 // receive runs while the bus's poller calls the handler. fn is set before
 // the first message of the run: the run starts after "ready".
-func (r *eventsReceiver) receive(fn func([]byte, int64) bool, stop <-chan struct{}) error {
+func (r *eventsReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error {
 	r.fn.Store(&fn) // before the producers are released, so before the run's first message
 	select {
 	case <-r.done:
@@ -269,15 +268,14 @@ func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
 	return &ringReceiver{r: r, rd: rd}, nil
 }
 
-func (s *ringReceiver) receive(fn func([]byte, int64) bool, stop <-chan struct{}) error {
+func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error {
 	stopped := false
 	for idle := 0; ; {
 		rec, err := s.rd.Read()
-		now := Now()
 		switch {
 		case err == nil:
 			idle = 0
-			if !fn(rec.Data, now) {
+			if !fn(rec.Data) {
 				return nil
 			}
 			continue
