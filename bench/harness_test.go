@@ -133,7 +133,7 @@ func TestMedian(t *testing.T) {
 func TestConfigDefaultsAndErrors(t *testing.T) {
 	c, err := Config{Dir: t.TempDir()}.withDefaults()
 	require.NoError(t, err)
-	assert.Equal(t, 400*time.Millisecond, c.Duration)
+	assert.Equal(t, 250*time.Millisecond, c.Duration)
 	assert.Equal(t, 3, c.Repeat)
 	assert.Equal(t, []int{64}, c.Sizes)
 	assert.Equal(t, []string{"spin", "wake", "timer"}, c.Modes)

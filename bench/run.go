@@ -24,7 +24,8 @@ type Config struct {
 	Dir string
 	// Quick shortens everything, for a smoke test in seconds.
 	Quick bool
-	// Duration is how long each producer sends in a run (default 400ms,
+	// Duration is how long each producer sends in a throughput run, and a
+	// quarter of how long it sends in a latency run at a rate (default 250ms,
 	// 100ms when Quick).
 	Duration time.Duration
 	// Repeat is how many times each throughput row runs; the row shows
@@ -94,7 +95,7 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if c.Duration == 0 {
-		c.Duration = 400 * time.Millisecond
+		c.Duration = 250 * time.Millisecond
 		if c.Quick {
 			c.Duration = 100 * time.Millisecond
 		}
@@ -510,6 +511,10 @@ func (h *harness) runTransport(series string, producers, readers, size, rate int
 		group:   g,
 		timeout: 30 * time.Second,
 	}
+	if rate > 0 {
+		// Enough samples at a rate for a p99.9: 10,000 at the defaults.
+		env.spec.Duration *= 4
+	}
 	if rate == 0 {
 		// At full speed, a sample of the latencies: recording each would
 		// cost the readers more than some transports do.
@@ -572,7 +577,7 @@ func (h *harness) runTransport(series string, producers, readers, size, rate int
 		p.release()
 	}
 	var out runOut
-	wait := h.cfg.Duration + time.Minute
+	wait := env.spec.Duration + time.Minute
 	var errs []error
 	for _, p := range prods {
 		var res ProducerResult

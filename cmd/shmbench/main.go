@@ -116,7 +116,7 @@ received; a row that lost events says so.`,
 	f.BoolVar(&asJSON, "json", false, "write the report as JSON instead of a table")
 	f.StringVar(&plot, "plot", "", "write a latency CDF of every series to this PNG file")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress lines on stderr")
-	f.DurationVar(&duration, "duration", 0, "how long producers send in each run (default 400ms, 100ms with --quick)")
+	f.DurationVar(&duration, "duration", 0, "how long producers send in each run (default 250ms, 100ms with --quick)")
 	f.IntSliceVar(&cfg.Readers, "readers", nil, "reader process counts (default 1,4 for throughput, 1 for latency)")
 	f.IntSliceVar(&cfg.Producers, "producers", nil, "producer counts of the several-producers rows (default 2)")
 	f.IntSliceVar(&cfg.Sizes, "size", nil, "payload sizes in bytes, 16 or more (default 64)")
