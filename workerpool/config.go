@@ -71,8 +71,11 @@ type Config struct {
 	// process (a new master during an upgrade) may bind the same addresses.
 	// The workers share the master's sockets either way.
 	ReusePort bool
-	// Bus is the event bus every process opens. Path is required. In a
-	// worker, Bus.Setup runs after the pool has registered its own handlers.
+	// Bus is the event bus every process opens. Path is required (a worker
+	// opens the master's path, whatever its own Config says). Bus.Setup
+	// runs in each worker, not in the master, before the pool registers
+	// its own handlers. Mode Manual is taken as Wake: the pool's handlers
+	// must run unprompted.
 	Bus events.Options
 	// Main is the worker's body. It runs in each worker process and should
 	// return soon after ctx is cancelled (on stop and on reload: finish the

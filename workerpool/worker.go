@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,7 @@ type readyMsg struct {
 
 func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	log := cfg.Logger.With("worker", env.index, "pid", os.Getpid())
+	workerIndex.Store(int64(env.index))
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stopSignals()
@@ -86,10 +88,12 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	userSetup := opts.Setup
 	opts.Setup = func(b *events.Bus) {
 		ex.bus, ex.opened = b, b.Cursor()
-		b.Register(ex.handle, Source, EventExec)
+		// The program's handlers first: one of them may take a snapshot at
+		// an exec request (see ExecSeq) before the action starts.
 		if userSetup != nil {
 			userSetup(b)
 		}
+		b.Register(ex.handle, Source, EventExec)
 	}
 	bus, err := events.Open(opts)
 	if err != nil {
@@ -123,6 +127,29 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	case <-time.After(cfg.Grace):
 		return fmt.Errorf("%w; Main did not return within %v", ErrMasterGone, cfg.Grace)
 	}
+}
+
+// workerIndex is this process's worker index, -1 outside a worker.
+var workerIndex atomic.Int64
+
+func init() { workerIndex.Store(-1) }
+
+// Index returns this process's worker index while Run runs it as a worker,
+// and -1 otherwise. Handlers registered in Config.Bus.Setup, which run
+// before Main, can use it.
+func Index() int { return int(workerIndex.Load()) }
+
+type execSeqKey struct{}
+
+// ExecSeq returns, in an Action, the sequence number of the exec request it
+// runs for. Every worker handles the request at that point of the one order
+// of events, so a handler of the request (Source, EventExec) that
+// takes a snapshot keyed by e.Seq gives the action a view taken at the same
+// point in every worker. Handlers registered in Config.Bus.Setup run before
+// the pool's, which starts the action.
+func ExecSeq(ctx context.Context) (uint64, bool) {
+	seq, ok := ctx.Value(execSeqKey{}).(uint64)
+	return seq, ok
 }
 
 // watchMaster calls gone when f, the read end of the master's pipe, reaches
@@ -203,20 +230,21 @@ func (x *execWorker) handle(e *events.Event) {
 	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id}); err != nil {
 		x.log.Warn("workerpool: exec ack not posted", "id", req.ID, "err", err)
 	}
+	seq := e.Seq // e is the bus's only until this handler returns
 	x.running.Add(1)
 	go func() {
 		defer x.running.Done()
-		x.run(req, id)
+		x.run(req, seq, id)
 	}()
 }
 
-func (x *execWorker) run(req execRequest, id WorkerID) {
+func (x *execWorker) run(req execRequest, seq uint64, id WorkerID) {
 	status, msg := 0, ""
 	action, ok := x.actions[req.Action]
 	if !ok {
 		status, msg = StatusUnknownAction, fmt.Sprintf("unknown action %q", req.Action)
 	} else {
-		ctx, cancel := x.ctx, context.CancelFunc(func() {})
+		ctx, cancel := context.WithValue(x.ctx, execSeqKey{}, seq), context.CancelFunc(func() {})
 		if req.Timeout > 0 {
 			ctx, cancel = context.WithTimeout(ctx, req.Timeout)
 		}
