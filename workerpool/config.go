@@ -75,7 +75,10 @@ type Config struct {
 	// opens the master's path, whatever its own Config says). Bus.Setup
 	// runs in each worker, not in the master, before the pool registers
 	// its own handlers. Mode Manual is taken as Wake: the pool's handlers
-	// must run unprompted.
+	// must run unprompted. A worker restarted after a crash resumes at the
+	// dead one's cursor when StartAt is Latest (the default); set Oldest to
+	// replay whatever the ring still holds instead, to rebuild state kept
+	// in memory.
 	Bus events.Options
 	// Main is the worker's body. It runs in each worker process and should
 	// return soon after ctx is cancelled (on stop and on reload: finish the

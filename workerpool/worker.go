@@ -82,7 +82,7 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	if opts.Mode == events.Manual {
 		opts.Mode = events.Wake // the pool's handlers must run unprompted
 	}
-	if env.resume {
+	if env.resume && opts.StartAt == events.Latest {
 		opts.StartAt = events.AtSeq(env.start)
 	}
 	userSetup := opts.Setup

@@ -67,6 +67,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Bus: events.Options{
 			Path:    path,
 			Timeout: purgeCoalesce,
+			// A new worker (reload, restart) rebuilds its cache from the
+			// "set" events still in the ring; unique refreshes and exec
+			// requests it replays are not run again.
+			StartAt: events.Oldest,
 			Logger:  logger,
 			Setup:   d.setup,
 		},

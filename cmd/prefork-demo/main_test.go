@@ -186,6 +186,32 @@ func TestPurgeRefreshesOnceAndAllAgree(t *testing.T) {
 		assert.Equal(t, purge.Entry, got.Entry)
 	}
 
+	// A reload replaces both workers; the new ones rebuild their caches
+	// from the "set" events still in the ring.
+	old := map[int]bool{}
+	for _, w := range st.Workers {
+		old[w.PID] = true
+	}
+	require.NoError(t, d.cmd.Process.Signal(syscall.SIGHUP))
+	deadline := time.Now().Add(waitLong)
+	for {
+		st = waitStats(t, d)
+		if !old[st.Workers[0].PID] && !old[st.Workers[1].PID] {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the workers were not replaced: %+v", st)
+	}
+	assert.True(t, st.Agree, "the new workers agree: %+v", st)
+	for _, w := range st.Workers {
+		assert.Equal(t, 2, w.Keys, "worker %d rebuilt its cache", w.Index)
+		assert.Zero(t, w.Fetches, "worker %d fetched nothing from the origin", w.Index)
+	}
+	var got struct {
+		Entry entry `json:"entry"`
+	}
+	require.Equal(t, http.StatusOK, getJSON(t, "GET", d.url+"/cache?key=items", &got))
+	assert.Equal(t, purge.Entry, got.Entry)
+
 	require.NoError(t, d.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case <-d.done:
