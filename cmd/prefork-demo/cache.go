@@ -32,6 +32,11 @@ type demo struct {
 	fetches uint64 // origin fetches (refreshes this worker ran)
 	applied uint64 // "set" events applied
 	stale   uint64 // "set" events older than the entry (skipped, counted)
+	// liveFrom is the ring's next sequence when this worker opened its
+	// bus: earlier events are replays of history (the bus starts at
+	// Oldest to rebuild the cache).
+	liveFrom uint64
+	replayed uint64 // refreshes replayed from history, not run (counted)
 	// snaps holds the stats taken at recent "stats" requests, by the
 	// request's sequence number: the same point in every worker.
 	snaps map[uint64]workerStats
@@ -63,6 +68,7 @@ func origin(key string, version uint64) string {
 // setup registers the worker's handlers before its bus polls.
 func (d *demo) setup(b *events.Bus) {
 	d.bus = b
+	d.liveFrom = b.Ring().Next()
 	d.index = workerpool.Index()
 	d.cache = map[string]entry{}
 	d.snaps = map[uint64]workerStats{}
@@ -87,6 +93,16 @@ func (d *demo) count(e *events.Event) {
 }
 
 func (d *demo) refresh(e *events.Event) {
+	if e.Seq < d.liveFrom {
+		// A purge from before this worker started: it was answered then
+		// (refreshed or coalesced), and its "set", if any, is in the
+		// history this worker replays. The unique table would let a late
+		// reader run a coalesced one once its timeout has passed.
+		d.mu.Lock()
+		d.replayed++
+		d.mu.Unlock()
+		return
+	}
 	key := string(e.Data)
 	msg := setMsg{Key: key, entry: entry{Value: origin(key, e.Seq), Version: e.Seq, By: d.index}}
 	d.mu.Lock()
@@ -115,14 +131,42 @@ func (d *demo) apply(e *events.Event) {
 	d.changed = make(chan struct{})
 }
 
-// main is the worker's body: the HTTP server.
+// main is the worker's body: the HTTP server, once the cache is warm.
 func (d *demo) main(ctx context.Context, w *workerpool.Worker) error {
+	if err := d.warmUp(ctx); err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /purge", d.handlePurge)
 	mux.HandleFunc("GET /cache", d.handleGet)
 	mux.HandleFunc("GET /stats", d.handleStats)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return workerpool.ServeHTTP(ctx, srv, w.Listeners...)
+}
+
+// warmUp waits until the bus has replayed what the ring held when the
+// worker started, so that a new worker answers from a rebuilt cache: it
+// posts a marker and waits for it to come round (events come in order).
+func (d *demo) warmUp(ctx context.Context) error {
+	warm := make(chan struct{})
+	var once sync.Once
+	reg := d.bus.Register(func(e *events.Event) {
+		if e.PID == os.Getpid() {
+			once.Do(func() { close(warm) })
+		}
+	}, "demo", "warm")
+	defer reg.Unregister()
+	if _, err := d.bus.Publish("demo", "warm", nil); err != nil {
+		return fmt.Errorf("warm up: %w", err)
+	}
+	select {
+	case <-warm:
+		return nil
+	case <-ctx.Done():
+		return nil
+	case <-d.bus.Done():
+		return fmt.Errorf("warm up: %w", d.bus.Err())
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -192,6 +236,7 @@ type workerStats struct {
 	Fetches    uint64 `json:"origin_fetches"`
 	Applied    uint64 `json:"sets_applied"`
 	Stale      uint64 `json:"sets_stale"`
+	Replayed   uint64 `json:"refreshes_replayed_skipped"`
 	Keys       int    `json:"keys"`
 	Digest     string `json:"cache_digest"`
 	Lost       uint64 `json:"events_lost"`
@@ -229,7 +274,7 @@ func (d *demo) stats() workerStats {
 	}
 	st := workerStats{
 		Index: d.index, PID: os.Getpid(), EventsSeen: d.seen, LastSeq: d.lastSeq,
-		Fetches: d.fetches, Applied: d.applied, Stale: d.stale, Keys: len(keys),
+		Fetches: d.fetches, Applied: d.applied, Stale: d.stale, Replayed: d.replayed, Keys: len(keys),
 		Digest: hex.EncodeToString(h.Sum(nil)[:8]),
 	}
 	d.mu.Unlock()
