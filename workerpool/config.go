@@ -122,6 +122,8 @@ type Worker struct {
 	Bus *events.Bus
 	// Logger is Config.Logger with the worker's index and pid.
 	Logger *slog.Logger
+
+	exec *execWorker
 }
 
 func (c *Config) setDefaults() error {

@@ -74,8 +74,8 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	}
 	defer closeAll(lns)
 
-	w := &Worker{Index: env.index, Generation: env.gen, Listeners: lns, Logger: log}
 	ex := &execWorker{ctx: ctx, actions: cfg.Actions, index: env.index, pid: os.Getpid(), log: log}
+	w := &Worker{Index: env.index, Generation: env.gen, Listeners: lns, Logger: log, exec: ex}
 	opts := cfg.Bus
 	opts.Path = env.ring
 	opts.MustExist = true // the master created it
@@ -87,7 +87,10 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	}
 	userSetup := opts.Setup
 	opts.Setup = func(b *events.Bus) {
-		ex.bus, ex.opened = b, b.Cursor()
+		// Requests before the ring's head at open were posted before this
+		// process joined: a bus that starts at Oldest or resumes a dead
+		// worker's cursor replays them, and they are not for it.
+		ex.bus, ex.opened, ex.start = b, b.Ring().Next(), b.Cursor()
 		// The program's handlers first: one of them may take a snapshot at
 		// an exec request (see ExecSeq) before the action starts.
 		if userSetup != nil {
@@ -103,11 +106,11 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	defer bus.Close()
 	defer ex.wait()
 
-	ready := readyMsg{Index: env.index, PID: os.Getpid(), Generation: env.gen, Start: ex.opened, Actions: ex.names()}
+	ready := readyMsg{Index: env.index, PID: os.Getpid(), Generation: env.gen, Start: ex.start, Actions: ex.names()}
 	if err := publishJSON(bus, EventReady, ready); err != nil {
 		return fmt.Errorf("workerpool: worker %d: announce: %w", env.index, err)
 	}
-	log.Debug("workerpool: worker ready", "generation", env.gen, "start", ex.opened)
+	log.Debug("workerpool: worker ready", "generation", env.gen, "start", ex.start)
 
 	mainDone := make(chan error, 1)
 	go func() { mainDone <- cfg.Main(ctx, w) }()
@@ -191,12 +194,32 @@ func closeAll[T io.Closer](cs []T) {
 type execWorker struct {
 	ctx     context.Context
 	bus     *events.Bus
-	opened  uint64 // the bus's first sequence: earlier requests are not for this process
+	opened  uint64 // the ring's head when the bus opened: earlier requests are not for this process
+	start   uint64 // where the bus started reading
 	actions map[string]Action
 	index   int
 	pid     int
 	log     *slog.Logger
 	running sync.WaitGroup
+
+	runs, replayed, malformed, postErrors atomic.Uint64
+}
+
+// WorkerStats are a worker's exec counters.
+type WorkerStats struct {
+	ExecRun       uint64 // requests acknowledged and run (unknown actions included)
+	ExecReplayed  uint64 // requests posted before this worker joined, replayed by its bus and skipped
+	ExecMalformed uint64 // exec events that did not decode (skipped, logged)
+	PostErrors    uint64 // acks, outputs and exits that could not be posted (logged)
+}
+
+// Stats returns the worker's exec counters.
+func (w *Worker) Stats() WorkerStats {
+	x := w.exec
+	return WorkerStats{
+		ExecRun: x.runs.Load(), ExecReplayed: x.replayed.Load(),
+		ExecMalformed: x.malformed.Load(), PostErrors: x.postErrors.Load(),
+	}
 }
 
 func (x *execWorker) names() []string {
@@ -216,6 +239,7 @@ func (x *execWorker) wait() { x.running.Wait() }
 func (x *execWorker) handle(e *events.Event) {
 	var req execRequest
 	if err := e.JSON(&req); err != nil || req.ID == "" {
+		x.malformed.Add(1)
 		x.log.Warn("workerpool: malformed exec request skipped", "seq", e.Seq, "from", e.PID, "err", err)
 		return
 	}
@@ -223,11 +247,14 @@ func (x *execWorker) handle(e *events.Event) {
 		// Replayed to a replacement resuming a dead worker's cursor: the
 		// request was for the dead one, and the master did not count on
 		// this process.
+		x.replayed.Add(1)
 		x.log.Debug("workerpool: exec request from before this worker skipped", "id", req.ID, "seq", e.Seq)
 		return
 	}
 	id := WorkerID{Index: x.index, PID: x.pid}
+	x.runs.Add(1)
 	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id}); err != nil {
+		x.postErrors.Add(1)
 		x.log.Warn("workerpool: exec ack not posted", "id", req.ID, "err", err)
 	}
 	seq := e.Seq // e is the bus's only until this handler returns
@@ -252,11 +279,13 @@ func (x *execWorker) run(req execRequest, seq uint64, id WorkerID) {
 		status, msg = runAction(ctx, action, req.Args, out)
 		cancel()
 		if out.err != nil {
+			x.postErrors.Add(1)
 			x.log.Warn("workerpool: exec output not posted", "id", req.ID, "err", out.err)
 		}
 	}
 	rep := execReply{ID: req.ID, WorkerID: id, Status: status, Error: msg}
 	if err := publishJSON(x.bus, EventExit, rep); err != nil {
+		x.postErrors.Add(1)
 		x.log.Warn("workerpool: exec exit not posted", "id", req.ID, "err", err)
 	}
 }

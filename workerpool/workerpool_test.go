@@ -67,6 +67,7 @@ type dump struct {
 	Lost  uint64
 	Seqs  []uint64
 	Data  []string
+	Exec  workerpool.WorkerStats
 }
 
 // Per worker process: the "test" events it handled.
@@ -76,6 +77,7 @@ var (
 	seenData  []string
 	startSeq  uint64
 	workerBus atomic.Pointer[events.Bus]
+	worker    atomic.Pointer[workerpool.Worker]
 )
 
 func rolePool(args []string) error {
@@ -126,10 +128,14 @@ func rolePool(args []string) error {
 				d := dump{PID: os.Getpid(), Start: startSeq, Seqs: slices.Clone(seenSeqs), Data: slices.Clone(seenData)}
 				seenMu.Unlock()
 				d.Lost = workerBus.Load().Stats().Lost
+				if w := worker.Load(); w != nil {
+					d.Exec = w.Stats()
+				}
 				return json.NewEncoder(out).Encode(d)
 			},
 		},
 		Main: func(ctx context.Context, w *workerpool.Worker) error {
+			worker.Store(w)
 			fmt.Printf("worker %d %d %d\n", w.Index, os.Getpid(), w.Generation)
 			if a.Crash {
 				return errors.New("crashing on purpose")
@@ -374,6 +380,8 @@ func TestWorkersSeeSameEventsInSameOrder(t *testing.T) {
 			assert.Equal(t, strconv.Itoa(i), data, "worker %d, event %d", idx, i)
 		}
 		assert.Zero(t, d.Lost, "worker %d lost nothing", idx)
+		assert.Positive(t, d.Exec.ExecRun, "worker %d counts the requests it ran", idx)
+		assert.Zero(t, d.Exec.ExecMalformed+d.Exec.PostErrors+d.Exec.ExecReplayed, "worker %d skipped nothing", idx)
 	}
 	st := pl.stop(t)
 	assert.Zero(t, st.Exited, "no worker exited unasked")
@@ -428,6 +436,7 @@ func TestKilledWorkerComesBackAndCatchesUp(t *testing.T) {
 	}
 	assert.Equal(t, append(slices.Clone(b), c...), after, "the replacement handled batches B and C, in order")
 	assert.Zero(t, d1.Lost, "nothing had left the ring")
+	t.Logf("the replacement resumed at %d; it replayed and skipped %d exec requests meant for the dead worker", d1.Start, d1.Exec.ExecReplayed)
 	assert.Equal(t, append(append(slices.Clone(a), b...), c...), ds[0].Seqs, "worker 0 saw all three batches")
 
 	st := pl.stop(t)
