@@ -52,6 +52,7 @@ type WorkerID struct {
 	PID   int
 }
 
+// String names the worker as messages do: "worker 2 (pid 4242)".
 func (w WorkerID) String() string { return fmt.Sprintf("worker %d (pid %d)", w.Index, w.PID) }
 
 // WorkerResult is what one worker answered.

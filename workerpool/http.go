@@ -71,6 +71,7 @@ type drainListener struct {
 	done bool
 }
 
+// Accept returns errDraining once drain has closed the listener.
 func (l *drainListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {

@@ -320,6 +320,8 @@ type outputWriter struct {
 // maxOutputChunk bounds one output event's data (before base64).
 const maxOutputChunk = 32 << 10
 
+// Write posts p as one or more "output" events; after a failed post it
+// fails at once.
 func (w *outputWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
