@@ -5,6 +5,7 @@
 //	shmctl create /dev/shm/app.events
 //	shmctl info /dev/shm/app.events
 //	shmctl tail --follow /dev/shm/app.events
+//	shmctl exec /dev/shm/app.events stats
 //
 // Exit codes: 0 ok, 1 failure, 2 usage error. Errors are one line on stderr.
 package main
@@ -121,6 +122,7 @@ func newRoot(stdin io.Reader, stdout io.Writer) *cobra.Command {
 		readersCmd(stdout),
 		tailCmd(stdout),
 		postCmd(stdin, stdout),
+		execCmd(stdout),
 		verifyCmd(stdout),
 		statsCmd(stdout),
 		serveCmd(stdout),

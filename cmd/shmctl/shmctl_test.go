@@ -92,6 +92,9 @@ func e2eModuleRoot() string {
 // bus on the ring named in its environment, says "ready" and blocks until
 // its stdin closes (or it is killed).
 func TestHelperProcess(t *testing.T) {
+	if os.Getenv(e2eRoleEnv) == "pool" {
+		helperPool()
+	}
 	if os.Getenv(e2eRoleEnv) != "reader" {
 		return
 	}

@@ -1,0 +1,88 @@
+package workerpool
+
+import (
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func TestBackoff(t *testing.T) {
+	cfg := Config{BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second}
+	for _, c := range []struct {
+		crashes int
+		want    time.Duration
+	}{
+		{0, 0}, {1, 0}, // a first exit after a healthy run: at once
+		{2, 100 * time.Millisecond},
+		{3, 200 * time.Millisecond},
+		{4, 400 * time.Millisecond},
+		{5, 800 * time.Millisecond},
+		{6, time.Second},
+		{60, time.Second},
+	} {
+		assert.Equal(t, c.want, cfg.backoff(c.crashes), "after %d quick exits in a row", c.crashes)
+	}
+}
+
+// With ReusePort, a second socket can bind the address the pool holds (a
+// new master during an upgrade); without it, it cannot.
+func TestListenReusePort(t *testing.T) {
+	ln, f, err := listen("127.0.0.1:0", true)
+	require.NoError(t, err)
+	defer ln.Close()
+	defer f.Close()
+	v, err := unix.GetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_REUSEPORT)
+	require.NoError(t, err)
+	assert.Equal(t, 1, v, "SO_REUSEPORT is set on the shared socket")
+	ln2, f2, err := listen(ln.Addr().String(), true)
+	require.NoError(t, err, "a second SO_REUSEPORT socket binds the same address")
+	ln2.Close()
+	f2.Close()
+
+	plain, pf, err := listen("127.0.0.1:0", false)
+	require.NoError(t, err)
+	defer plain.Close()
+	defer pf.Close()
+	_, _, err = listen(plain.Addr().String(), false)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "listen "+plain.Addr().String())
+	var opErr *net.OpError
+	assert.ErrorAs(t, err, &opErr, "the net error is wrapped")
+}
+
+func TestWorkerEnv(t *testing.T) {
+	start := uint64(42)
+	for _, kv := range childEnv(3, 7, 2, "/dev/shm/x.events", &start) {
+		k, v, _ := cutEnv(kv)
+		if len(k) > len("SHMRING_WORKERPOOL_") && k[:len("SHMRING_WORKERPOOL_")] == "SHMRING_WORKERPOOL_" {
+			t.Setenv(k, v)
+		}
+	}
+	require.True(t, IsWorker())
+	env, err := readWorkerEnv()
+	require.NoError(t, err)
+	assert.Equal(t, workerEnv{index: 3, gen: 7, listeners: 2, ring: "/dev/shm/x.events", start: 42, resume: true}, env)
+	assert.False(t, IsWorker(), "the variables are gone once read: a worker's own children are not workers")
+
+	t.Setenv(envWorker, "x:1")
+	t.Setenv(envListeners, "1")
+	t.Setenv(envRing, "/r")
+	_, err = readWorkerEnv()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "malformed")
+	os.Unsetenv(envWorker)
+}
+
+func cutEnv(kv string) (k, v string, ok bool) {
+	for i := range kv {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, "", false
+}
