@@ -80,7 +80,7 @@ func runChanChild(args []string, _ []*os.File) (any, error) {
 				// send hands over a copy that readers share.
 				in <- append([]byte(nil), msg...)
 				return nil
-			}, &s)
+			}, &s, true)
 		}()
 	}
 	producers.Wait()

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -39,7 +40,7 @@ func latencyDir(tb testing.TB) string {
 // samples, or the test fails.
 func runLatency(tb testing.TB, s pacedSeries, n int) *Result {
 	tb.Helper()
-	h := &harness{cfg: Config{Exe: os.Args[0], Dir: latencyDir(tb), Samples: n}}
+	h := &harness{ctx: context.Background(), cfg: Config{Exe: os.Args[0], Dir: latencyDir(tb), Samples: n}}
 	res, err := h.runPaced(s)
 	if err != nil {
 		tb.Fatalf("%s: %v", s.name, err)

@@ -215,13 +215,24 @@ func (c *child) wait(timeout time.Duration) error {
 	return nil
 }
 
-// group is the children of one run, stopped together.
+// group is the children of one run, stopped together: when the run ends,
+// or at once when the harness is interrupted.
 type group struct {
-	exe      string
+	exe string
+
+	mu       sync.Mutex
 	children []*child
+	stopped  bool
 }
 
+var errStopped = errors.New("bench: interrupted")
+
 func (g *group) start(role string, args []string, extra ...*os.File) (*child, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return nil, errStopped
+	}
 	c, err := startChild(g.exe, role, args, extra...)
 	if err != nil {
 		return nil, err
@@ -230,9 +241,13 @@ func (g *group) start(role string, args []string, extra ...*os.File) (*child, er
 	return c, nil
 }
 
-// stop kills and reaps every child still running.
+// stop kills and reaps every child still running; no child starts after.
 func (g *group) stop() {
-	for _, c := range g.children {
+	g.mu.Lock()
+	g.stopped = true
+	children := g.children
+	g.mu.Unlock()
+	for _, c := range children {
 		c.stop()
 	}
 }

@@ -78,26 +78,28 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	if len(lat) > 0 {
 		fmt.Fprintln(w, "\nLatency, one way (sender's CLOCK_MONOTONIC stamp to the reader's reading of it)")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "series\tmethod\tP→R\tsize\tp50\tp90\tp99\tp99.9\tmax\tcount\t×floor\t×broker\tcheck\t")
+		fmt.Fprintln(tw, "series\tmethod\tsent/s\tP→R\tsize\tp50\tp90\tp99\tp99.9\tmax\tcount\t×floor\t×broker\tcheck\t")
 		for _, r := range lat {
-			method := r.Method
+			method, achieved := r.Method, "-"
 			if r.Method == "rate" {
 				method = fmt.Sprintf("%s/s", siCount(float64(r.Rate)))
+				achieved = siCount(r.Achieved)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d→%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n",
-				r.Series, method, r.Producers, r.Readers, fmtSize(r.Size),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d→%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n",
+				r.Series, method, achieved, r.Producers, r.Readers, fmtSize(r.Size),
 				fmtDur(r.Latency.P50), fmtDur(r.Latency.P90), fmtDur(r.Latency.P99), fmtDur(r.Latency.P999), fmtDur(r.Latency.Max),
 				r.Latency.Count, fmtRatio(r.VsFloor, r.FloorSeries), fmtRatio(r.VsBroker, ""), r.Check)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		fmt.Fprintln(w, "method: paced (one message in flight) or the offered rate per producer; sent/s: the rate the producer kept.")
 		fmt.Fprintln(w, "×floor: p50 over the p50 of the floor named; ×broker: p50 over broker/unix's in the same row set (lower is better).")
 	}
 	if len(thr) > 0 {
 		fmt.Fprintln(w, "\nThroughput, as fast as the producers send (delivered to the slowest reader; median of runs)")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "series\tP→R\tsize\tevents/s\tMB/s\tp50\tp99\truns\t×floor\t×broker\tcheck\t")
+		fmt.Fprintln(tw, "series\tP→R\tsize\tevents/s\tMB/s\tlat p50\tlat p99\truns\t×floor\t×broker\tcheck\t")
 		for _, r := range thr {
 			fmt.Fprintf(tw, "%s\t%d→%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n",
 				r.Series, r.Producers, r.Readers, fmtSize(r.Size), siCount(r.EventsPerSec), fmt.Sprintf("%.0f", r.MBPerSec),
@@ -106,6 +108,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		fmt.Fprintln(w, "lat: one-way latency of 1 message in 16, mostly time queued behind the others.")
 		fmt.Fprintln(w, "×floor: events/s over floor/spsc's at the same size; ×broker: over broker/unix's in the same P→R and size (higher is better).")
 	}
 	for _, r := range rep.Rows {
@@ -136,8 +139,11 @@ func fmtRatio(x float64, floor string) string {
 		return "-"
 	}
 	s := fmt.Sprintf("%.2f", x)
-	if x >= 100 {
+	switch {
+	case x >= 100:
 		s = fmt.Sprintf("%.0f", x)
+	case x < 0.01:
+		s = fmt.Sprintf("%.1g", x)
 	}
 	if floor != "" {
 		s += " " + strings.TrimPrefix(floor, "floor/")

@@ -64,7 +64,7 @@ func runProducerChild(args []string, extra []*os.File) (any, error) {
 	}
 	childReady()
 	waitRelease()
-	res, err := produce(snd.send, spec)
+	res, err := produce(snd.send, spec, false)
 	return res, errors.Join(err, snd.close())
 }
 
@@ -74,17 +74,23 @@ func runProducerChild(args []string, extra []*os.File) (any, error) {
 // that falls a whole period behind the schedule (the transport held the
 // producer up) is counted in Behind, so that a row whose producer could
 // not keep its rate says so.
-func produce(send func([]byte) error, spec *childSpec) (ProducerResult, error) {
+//
+// shared says the producer is a goroutine among others (the channel
+// baseline): it must yield while it waits. A producer process has its
+// thread to itself, and pins it, so that the timer slack it sets stays.
+func produce(send func([]byte) error, spec *childSpec, shared bool) (ProducerResult, error) {
 	msg := make([]byte, spec.Size)
 	var period int64
 	if spec.Rate > 0 {
 		period = int64(time.Second) / int64(spec.Rate)
-		// Sleep through most of each gap, leaving the CPU to the
-		// readers (and a broker), on one thread whose sleeps end on
-		// time: the default timer slack is 50µs.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+		if !shared {
+			// Sleep through most of each gap, leaving the CPU to the
+			// readers (and a broker), on one thread whose sleeps end on
+			// time: the default timer slack is 50µs.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			_ = unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0)
+		}
 	}
 	res := ProducerResult{StartNs: Now()}
 	deadline := res.StartNs + int64(spec.Duration)
@@ -102,11 +108,14 @@ func produce(send func([]byte) error, spec *childSpec) (ProducerResult, error) {
 		if period > 0 {
 			due := res.StartNs + int64(seq)*period
 			for ; stamp < due; stamp = Now() {
-				if left := due - stamp; left > pacingSpin {
+				switch left := due - stamp; {
+				case shared && left > pacingSpin:
+					time.Sleep(time.Duration(left - pacingSpin))
+				case left > pacingSpin:
 					ts := unix.NsecToTimespec(left - pacingSpin)
 					_ = unix.Nanosleep(&ts, nil)
-				} else {
-					runtime.Gosched() // a goroutine of the channel baseline may be waiting for this P
+				case shared:
+					runtime.Gosched() // a reader or the broker may be waiting for this P
 				}
 			}
 			if stamp-due > period {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -37,8 +38,8 @@ type Config struct {
 	// Readers are the reader counts of the throughput rows (default 1 and
 	// 4). The latency rows at a rate use them too when set (default 1).
 	Readers []int
-	// Producers are the producer counts (beyond 1) of the rows with one
-	// reader and several producers (default 2).
+	// Producers are the producer counts of the throughput rows with one
+	// reader and several producers (default 2; 1 means none).
 	Producers []int
 	// Sizes are the payload sizes in bytes (default 64).
 	Sizes []int
@@ -56,6 +57,13 @@ type Config struct {
 	// Progress, if set, gets a line as each run starts.
 	Progress io.Writer
 }
+
+// MaxSize is the largest payload a scenario sends. The rings are sized
+// for a thousand messages of the largest size asked for.
+const MaxSize = 64 << 10
+
+// MaxRate is the highest offered rate: a period of 100 ns.
+const MaxRate = 10_000_000
 
 // Series names of the rows that are not transports.
 const (
@@ -124,8 +132,8 @@ func (c Config) withDefaults() (Config, error) {
 		if err := checkSize(s); err != nil {
 			return c, err
 		}
-		if s > 1<<24 {
-			return c, fmt.Errorf("bench: payload size %d is above 16 MiB", s)
+		if s > MaxSize {
+			return c, fmt.Errorf("bench: payload size %d is above %d", s, MaxSize)
 		}
 	}
 	for _, n := range append(slices.Clone(c.Readers), c.Producers...) {
@@ -135,6 +143,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Duration < 0 || c.Repeat < 0 || c.Samples < 0 || c.Rate < 0 || c.Interval < 0 {
 		return c, errors.New("bench: negative duration, repeat, samples, rate or interval")
+	}
+	if c.Rate > MaxRate {
+		return c, fmt.Errorf("bench: rate %d is above %d a second", c.Rate, MaxRate)
 	}
 	known := c.seriesNames()
 	for _, s := range c.Series {
@@ -174,7 +185,9 @@ type Report struct {
 	Started  string   `json:"started"`
 	Elapsed  string   `json:"elapsed"`
 	Warnings []string `json:"warnings,omitempty"`
-	Rows     []*Row   `json:"rows"`
+	// Interrupted says the run was stopped before every row was measured.
+	Interrupted bool   `json:"interrupted,omitempty"`
+	Rows        []*Row `json:"rows"`
 }
 
 // Row is one measured series in one configuration.
@@ -189,7 +202,11 @@ type Row struct {
 	Readers   int    `json:"readers"`
 	Size      int    `json:"size"`
 	Rate      int    `json:"rate,omitempty"` // offered, per producer, for "rate"
-	Runs      int    `json:"runs"`
+	// Achieved is the rate the producers kept, per producer (the mean of
+	// the runs), for "rate"; Behind counts sends a whole period late.
+	Achieved float64 `json:"achieved,omitempty"`
+	Behind   uint64  `json:"behind,omitempty"`
+	Runs     int     `json:"runs"`
 
 	// Throughput: messages a second delivered to every reader (the
 	// slowest reader's), the median of the runs, and each run's.
@@ -220,7 +237,8 @@ type Row struct {
 
 	Counters map[string]int64 `json:"counters,omitempty"`
 
-	hist *Latency
+	hist     *Latency
+	achieved []float64 // per producer and run
 }
 
 // Hist returns the row's latency histogram (nil for a row without one).
@@ -229,29 +247,53 @@ func (r *Row) Hist() *Latency { return r.hist }
 // Failed reports whether the row could not be measured or did not check
 // out (losses on a transport that drops nothing, disorder, disagreement).
 func (r *Row) Failed() bool {
-	return r.Err != "" || (r.Check != "ok" && !strings.HasPrefix(r.Check, "lost "))
+	return r.Err != "" || (r.Check != "ok" && !strings.HasPrefix(r.Check, "lost ") && !strings.HasPrefix(r.Check, "behind "))
 }
 
 // Run runs every row cfg asks for and returns the report. A row that fails
-// is reported with its error, and the others still run.
-func Run(cfg Config) (*Report, error) {
+// is reported with its error, and the others still run. When ctx ends, the
+// children of the run in progress are killed, its files removed, and Run
+// returns what it measured so far with ctx's error.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	start := time.Now()
 	rep := &Report{Machine: ReadMachine(), Started: start.UTC().Format(time.RFC3339)}
-	h := &harness{cfg: cfg, rep: rep}
+	h := &harness{ctx: ctx, cfg: cfg, rep: rep}
 	h.latencyRows()
 	h.throughputRows()
+	if err := ctx.Err(); err != nil {
+		// The row in progress when it ended measured nothing true.
+		if n := len(rep.Rows); n > 0 && rep.Rows[n-1].Err != "" {
+			rep.Rows = rep.Rows[:n-1]
+		}
+		rep.Interrupted = true
+	}
+	if len(rep.Rows) == 0 && !rep.Interrupted {
+		return nil, errors.New("bench: the flags select no rows")
+	}
 	h.ratios()
 	rep.Elapsed = time.Since(start).Round(time.Millisecond).String()
-	return rep, nil
+	return rep, ctx.Err()
 }
 
 type harness struct {
+	ctx context.Context
 	cfg Config
 	rep *Report
+}
+
+// newGroup returns a group for one run, stopped as soon as the harness is
+// interrupted; done stops it at the end of the run.
+func (h *harness) newGroup() (g *group, done func()) {
+	g = &group{exe: h.cfg.Exe}
+	stopOnCancel := context.AfterFunc(h.ctx, g.stop)
+	return g, func() {
+		stopOnCancel()
+		g.stop()
+	}
 }
 
 func (h *harness) progress(format string, args ...any) {
@@ -278,9 +320,14 @@ func (h *harness) checkCores(series string, busy int) {
 
 func (h *harness) latencyRows() {
 	for _, s := range pacedSeriesList {
-		if !h.cfg.wants(s.name) {
+		if !h.cfg.wants(s.name) || h.ctx.Err() != nil {
 			continue
 		}
+		busy := 1 // the sender spins while it waits for acknowledgements
+		if s.spins {
+			busy = 2
+		}
+		h.checkCores(s.name, busy)
 		row := &Row{Scenario: "latency", Series: s.name, Method: "paced", Producers: 1, Readers: 1, Size: EventsPayload, Runs: 1}
 		h.progress("latency  %-16s paced, %d samples", s.name, h.cfg.Samples)
 		res, err := h.runPaced(s)
@@ -352,7 +399,7 @@ func (h *harness) transportSeries(floor bool) []string {
 func (h *harness) transportRow(scenario, series string, producers, readers, size, rate, runs int) {
 	// The bare ring is a throughput row only: for latency, the bus's
 	// rows are what a user gets.
-	if scenario == "latency" && (series == "ring" || series == seriesSPSC) {
+	if (scenario == "latency" && (series == "ring" || series == seriesSPSC)) || h.ctx.Err() != nil {
 		return
 	}
 	row := &Row{Scenario: scenario, Series: series, Method: "full speed", Producers: producers, Readers: readers, Size: size, Rate: rate, Runs: runs}
@@ -371,6 +418,10 @@ func (h *harness) transportRow(scenario, series string, producers, readers, size
 	hist := new(Latency)
 	var errs []string
 	for i := range runs {
+		if h.ctx.Err() != nil {
+			errs = append(errs, errStopped.Error())
+			break
+		}
 		h.progress("%-10s %-16s %d→%d %6s %s, run %d of %d", scenario, series, producers, readers, fmtSize(size), row.Method, i+1, runs)
 		out, err := h.runTransport(series, producers, readers, size, rate)
 		if err != nil {
@@ -398,11 +449,9 @@ func (r *Row) add(out runOut, hist *Latency) {
 		}
 		sent += p.Sent
 		dropped += p.Dropped
-		if p.Behind > 0 {
-			if r.Counters == nil {
-				r.Counters = map[string]int64{}
-			}
-			r.Counters["behind"] += int64(p.Behind)
+		r.Behind += p.Behind
+		if d := p.EndNs - p.StartNs; r.Rate > 0 && d > 0 {
+			r.achieved = append(r.achieved, float64(p.Sent)/(float64(d)/1e9))
 		}
 	}
 	minReceived := uint64(0)
@@ -455,6 +504,9 @@ func (r *Row) finish(hist *Latency, errs []string, t *transport) {
 		r.hist = hist
 		r.Latency = hist.Summary()
 	}
+	for _, a := range r.achieved {
+		r.Achieved += a / float64(len(r.achieved))
+	}
 	switch {
 	case r.Err != "":
 		r.Check = "FAILED"
@@ -467,6 +519,10 @@ func (r *Row) finish(hist *Latency, errs []string, t *transport) {
 		r.Check = fmt.Sprintf("LOST %d on a lossless transport", r.Lost)
 	case r.Lost > 0:
 		r.Check = fmt.Sprintf("lost %d", r.Lost)
+	case r.Behind*100 > r.Sent:
+		// More than 1 % of the sends were late: the producer did not
+		// keep the rate, and the row measured a lighter load in bursts.
+		r.Check = fmt.Sprintf("behind %d", r.Behind)
 	default:
 		r.Check = "ok"
 	}
@@ -501,8 +557,8 @@ func (h *harness) runTransport(series string, producers, readers, size, rate int
 		return runOut{}, err
 	}
 	defer os.RemoveAll(dir)
-	g := &group{exe: h.cfg.Exe}
-	defer g.stop()
+	g, stop := h.newGroup()
+	defer stop()
 	env := &runEnv{
 		spec: childSpec{
 			Transport: series, Dir: dir, Producers: producers, Readers: readers, Size: size,
@@ -573,6 +629,9 @@ func (h *harness) runTransport(series string, producers, readers, size, rate int
 		f.Close()
 	}
 	env.closeAfterStart = nil
+	// Every child has mapped the ring or connected: its name can go, so
+	// that a harness killed from now on leaves at most an empty directory.
+	unlinkShared(dir)
 	for _, p := range prods {
 		p.release()
 	}
@@ -617,7 +676,7 @@ func (h *harness) runChan(env *runEnv) (runOut, error) {
 	}
 	c.release()
 	var res chanResult
-	if err := c.result(&res, h.cfg.Duration+time.Minute); err != nil {
+	if err := c.result(&res, env.spec.Duration+time.Minute); err != nil {
 		return runOut{}, err
 	}
 	return runOut{producers: res.Producers, readers: res.Readers}, nil
@@ -641,10 +700,11 @@ func (h *harness) runSPSC(env *runEnv) (runOut, error) {
 	if err := readyAll([]*child{rd, wr}, env.timeout); err != nil {
 		return runOut{}, err
 	}
+	unlinkShared(env.spec.Dir)
 	wr.release()
 	var p ProducerResult
 	var r ReaderResult
-	wait := h.cfg.Duration + time.Minute
+	wait := env.spec.Duration + time.Minute
 	if err := errors.Join(wr.result(&p, wait), rd.result(&r, wait)); err != nil {
 		return runOut{}, err
 	}
@@ -663,8 +723,10 @@ func (h *harness) runPaced(s pacedSeries) (*Result, error) {
 		return nil, err
 	}
 	defer l.Close()
-	g := &group{exe: h.cfg.Exe}
-	defer g.stop()
+	// A receiver that died (or was stopped) fails the sender this soon.
+	l.Timeout = 5 * time.Second
+	g, stop := h.newGroup()
+	defer stop()
 	n := h.cfg.Samples
 	c, err := g.start("paced", []string{s.name, dir, strconv.Itoa(n)})
 	if err != nil {
@@ -683,10 +745,21 @@ func (h *harness) runPaced(s pacedSeries) (*Result, error) {
 	if err := errors.Join(<-errc, rerr); err != nil {
 		return nil, err
 	}
-	if res.Latency == nil || res.Latency.Count() != int64(n) {
+	if res.Latency == nil {
+		return nil, fmt.Errorf("%s: receiver reported no latencies", s.name)
+	}
+	if res.Latency.Count() != int64(n) {
 		return nil, fmt.Errorf("%s: receiver measured %d of %d samples", s.name, res.Latency.Count(), n)
 	}
 	return &res, nil
+}
+
+// unlinkShared removes the names of a run's ring files and socket once
+// every child holds them open.
+func unlinkShared(dir string) {
+	for _, p := range []string{ringPath(dir), brokerPath(dir), spscPath(dir)} {
+		_ = os.Remove(p) // absent for most transports
+	}
 }
 
 // ratios fills in each row's comparisons, once every row is measured.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,11 +110,11 @@ func init() {
 }
 
 // ringSizes returns a ring's data bytes and index slots for messages of
-// size bytes: room for a quarter of a second at tens of millions of small
-// messages a second, and for a few thousand of the largest.
+// size bytes: room for tens of milliseconds at tens of millions of small
+// messages a second, and for a thousand of the largest (128 MiB at 64 KiB).
 func ringSizes(size int) (dataBytes, slots int) {
 	dataBytes = 64 << 20
-	for dataBytes < 4096*(size+64) {
+	for dataBytes < 1024*(size+64) {
 		dataBytes <<= 1
 	}
 	return dataBytes, 1 << 20
@@ -167,21 +168,30 @@ type eventsReceiver struct {
 	bus  *events.Bus
 	fn   atomic.Pointer[func(msg []byte) bool]
 	done chan struct{}
+	// mu is held by the handler while it calls fn, and by receive when it
+	// ends the run: after that, fn is never called again, so the caller
+	// may read what fn wrote even while the poller goes on.
+	mu    sync.Mutex
+	ended bool
 }
 
 func newEventsReceiver(s *childSpec, mode events.Mode) (receiver, error) {
 	r := &eventsReceiver{done: make(chan struct{})}
-	ended := false
 	bus, err := events.Open(events.Options{
 		Path: ringPath(s.Dir), Mode: mode, Interval: s.Interval, MustExist: true,
 		Setup: func(b *events.Bus) {
 			b.Register(func(e *events.Event) {
 				fn := r.fn.Load() // set by receive before the run starts
-				if ended || fn == nil {
+				if fn == nil {
+					return
+				}
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				if r.ended {
 					return
 				}
 				if !(*fn)(e.Data) {
-					ended = true
+					r.ended = true
 					close(r.done)
 				}
 			}, benchSource, benchName)
@@ -199,6 +209,11 @@ func newEventsReceiver(s *childSpec, mode events.Mode) (receiver, error) {
 // the first message of the run: the run starts after "ready".
 func (r *eventsReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error {
 	r.fn.Store(&fn) // before the producers are released, so before the run's first message
+	defer func() {
+		r.mu.Lock() // waits for a call of fn in progress
+		r.ended = true
+		r.mu.Unlock()
+	}()
 	select {
 	case <-r.done:
 		return nil

@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -79,9 +81,11 @@ received; a row that lost events says so.`,
 			if !quiet {
 				cfg.Progress = stderr
 			}
-			rep, err := bench.Run(cfg)
-			if err != nil {
-				return errUsage{err}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rep, runErr := bench.Run(ctx, cfg)
+			if rep == nil {
+				return errUsage{runErr}
 			}
 			rep.Command = "shmbench " + strings.Join(os.Args[1:], " ")
 			if plot != "" {
@@ -97,6 +101,10 @@ received; a row that lost events says so.`,
 				}
 			} else if err := rep.WriteTable(stdout); err != nil {
 				return err
+			}
+			if runErr != nil {
+				// Interrupted: the report above has the rows measured before.
+				return fmt.Errorf("interrupted: %w", runErr)
 			}
 			failed := 0
 			for _, r := range rep.Rows {
