@@ -105,9 +105,10 @@ type Options struct {
 	UniqueSlots int
 	// Perm is a new file's mode (default 0600).
 	Perm os.FileMode
-	// Timeout is how long, from the claim, later events with the same
-	// unique key are ignored (default 2s). Processes sharing a ring should
-	// agree on it.
+	// Timeout is how long after the winning event was posted later events
+	// with the same unique key are ignored (default 2s): an event posted
+	// within it is a follow-up wherever and whenever it is polled.
+	// Processes sharing a ring should agree on it.
 	Timeout time.Duration
 	// Interval is the Timer mode's poll period (default 1s).
 	Interval time.Duration
@@ -520,8 +521,8 @@ func (b *Bus) Post(source, name string, data []byte) (Result, error) {
 
 // PostUnique posts an event that exactly one process runs handlers for: the
 // first to poll it among those with a matching handler. Every later event
-// with the same unique key is ignored by every process until opts.Timeout
-// has passed since that claim. It returns ErrUniqueTableFull, without
+// with the same unique key posted within opts.Timeout of the winner is
+// ignored by every process, however late it polls. It returns ErrUniqueTableFull, without
 // posting, if the region's unique table has no room for the key.
 func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Result, error) {
 	if _, err := b.PublishUnique(source, name, data, unique); err != nil {
@@ -726,7 +727,7 @@ func (b *Bus) claimUnique(e *Event) bool {
 	if !b.anyMatch(e) {
 		return false
 	}
-	res, err := b.uniq.claim(keyHash(e.Unique), e.Seq, b.opts.Timeout, b.evictBefore)
+	res, err := b.uniq.claim(keyHash(e.Unique), e.Seq, e.Posted.UnixNano(), b.opts.Timeout, b.evictBefore)
 	if err != nil {
 		// Neither run nor claimed: the event runs nowhere rather than
 		// possibly twice. Counted and logged.

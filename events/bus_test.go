@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/ring"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -396,6 +397,41 @@ func TestUniqueInOneProcess(t *testing.T) {
 	assert.Equal(t, uint64(3), st.Claims)
 	assert.Equal(t, 2, st.Used)
 	assert.NotEmpty(t, live)
+}
+
+// A process that reads old events (it started at Oldest, or polled late)
+// decides every unique event as the processes that polled on time did: a
+// follow-up stays ignored after the key's timeout has passed, because what
+// counts is when the events were posted, not when they are polled.
+func TestUniqueReplayDecidesAsOnTime(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	const timeout = 20 * time.Millisecond
+	a := openBus(t, Options{Path: path, Mode: Manual, Timeout: timeout})
+	var runsA, runsLate atomic.Int64
+	a.Register(func(*Event) { runsA.Add(1) }, "cache", "purge")
+
+	_, err := a.PostUnique("cache", "purge", []byte("first"), "users")
+	require.NoError(t, err)
+	_, err = a.PostUnique("cache", "purge", []byte("follow-up"), "users")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), runsA.Load(), "the follow-up is ignored")
+	followUpPosted := clock.WallNano()
+
+	// Well after the key expired, a new process replays the ring.
+	waitFor(t, "the key to expire", func() bool { return clock.WallNano() > followUpPosted+int64(timeout) })
+	late := openBus(t, Options{Path: path, Mode: Manual, Timeout: timeout, StartAt: Oldest,
+		Setup: func(b *Bus) { b.Register(func(*Event) { runsLate.Add(1) }, "cache", "purge") }})
+	_, err = late.Poll()
+	require.NoError(t, err)
+	assert.Zero(t, runsLate.Load(), "the late reader runs neither the winner nor its follow-up")
+	assert.Equal(t, uint64(2), late.Stats().UniqueIgnored)
+
+	// A new event after the timeout runs once, wherever it is polled.
+	_, err = late.PostUnique("cache", "purge", []byte("again"), "users")
+	require.NoError(t, err)
+	_, err = a.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), runsA.Load()+runsLate.Load()-1, "exactly one more run")
 }
 
 func TestUniqueSkippedWithoutHandler(t *testing.T) {

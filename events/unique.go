@@ -31,7 +31,7 @@ import (
 //	off  size  field   notes
 //	0    8     hash    FNV-1a 64 of the key, never 0; 0 = never used
 //	8    8     seq     sequence number + 1 of the event that won the key
-//	16   8     expiry  CLOCK_MONOTONIC ns; until then later events with the key are ignored
+//	16   8     expiry  unix ns: the winner's posting time + Timeout; later events with the key posted before it are ignored
 //	24   4     pid     the process that won it (for operators)
 //	28   4     reserved
 //
@@ -41,8 +41,14 @@ import (
 // never emptied: a key's entry stays, with its winning sequence, after it
 // expires, so a process that polls the same event late still skips it. An
 // entry is reused for another key only when it has expired and its event
-// has left the ring (nobody can poll it any more). CLOCK_MONOTONIC is one
-// clock for every process of the machine and never jumps.
+// has left the ring (nobody can poll it any more).
+//
+// Whether an event is a follow-up of the winner is decided by the times the
+// events were posted (Event.Posted, in the record), not by when a process
+// polls them: a process that polls late, or starts reading from the oldest
+// event, decides as the processes that polled on time did. The posting
+// times come from internal/clock, which every process derives from
+// CLOCK_MONOTONIC, one clock for the whole machine.
 
 type uniqueHeader struct {
 	lock   atomic.Uint64
@@ -181,21 +187,20 @@ func (t *uniqueTable) probe(hash uint64, now int64, oldest func() uint64) (e *un
 	return victim, false
 }
 
-// claim decides whether this process runs the event seq with key hash, and
-// records the decision in the table.
+// claim decides whether this process runs the event seq, posted at posted
+// (unix ns) with key hash, and records the decision in the table.
 //
 // A process that dies inside the section leaves at most one entry half
 // written. The fields are written so that such an entry errs towards
 // running an event nowhere rather than twice: expiry first (follow-ups are
 // ignored), the winning sequence next, the key's hash last (a new binding
 // becomes visible only complete).
-func (t *uniqueTable) claim(hash, seq uint64, timeout time.Duration, oldest func() uint64) (claimResult, error) {
+func (t *uniqueTable) claim(hash, seq uint64, posted int64, timeout time.Duration, oldest func() uint64) (claimResult, error) {
 	if err := t.lock(); err != nil {
 		return 0, err
 	}
 	defer t.unlock()
-	now := clock.Mono()
-	e, found := t.probe(hash, now, oldest)
+	e, found := t.probe(hash, clock.WallNano(), oldest)
 	if found {
 		s := e.seq.Load()
 		switch {
@@ -203,7 +208,7 @@ func (t *uniqueTable) claim(hash, seq uint64, timeout time.Duration, oldest func
 			return claimTaken, nil
 		case s > seq+1:
 			return claimStale, nil
-		case now < e.expiry.Load():
+		case posted < e.expiry.Load():
 			return claimFollowUp, nil
 		}
 	}
@@ -211,8 +216,8 @@ func (t *uniqueTable) claim(hash, seq uint64, timeout time.Duration, oldest func
 		t.hdr.full.Add(1) // counter only
 		return claimFull, nil
 	}
-	expiry := now + int64(timeout)
-	if expiry < now {
+	expiry := posted + int64(timeout)
+	if expiry < posted {
 		expiry = math.MaxInt64 // a Timeout of "for ever" must not wrap into the past
 	}
 	e.expiry.Store(expiry)
@@ -232,7 +237,7 @@ func (t *uniqueTable) room(hash uint64, oldest func() uint64) (bool, error) {
 		return false, err
 	}
 	defer t.unlock()
-	e, _ := t.probe(hash, clock.Mono(), oldest)
+	e, _ := t.probe(hash, clock.WallNano(), oldest)
 	return e != nil, nil
 }
 
@@ -264,7 +269,7 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 		Full:    t.hdr.full.Load(),
 		Steals:  t.hdr.steals.Load(),
 	}
-	now := clock.Mono()
+	now := clock.WallNano()
 	var live []UniqueKey
 	for i := range t.entries[1:] {
 		e := &t.entries[1+i]

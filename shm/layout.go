@@ -46,8 +46,11 @@ const (
 	PageSize = 4096
 	// HeaderSize is the size of the header page.
 	HeaderSize = PageSize
-	// LayoutVersion is the version of this byte map. Bump it on any change.
-	LayoutVersion = 2
+	// LayoutVersion is the version of this byte map, and of the meaning of
+	// the fields inside its sections. Bump it on any change. 2: one-word
+	// index entries; 3: the unique table's expiry is a posting time plus
+	// the timeout, not a claim time.
+	LayoutVersion = 3
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64
