@@ -3,6 +3,7 @@ package workerpool
 import (
 	"net"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -53,6 +54,35 @@ func TestListenReusePort(t *testing.T) {
 	assert.Contains(t, err.Error(), "listen "+plain.Addr().String())
 	var opErr *net.OpError
 	assert.ErrorAs(t, err, &opErr, "the net error is wrapped")
+}
+
+// Starting a worker must leave the shared socket non-blocking: O_NONBLOCK
+// is a flag of the open file description that the master and every worker
+// share, and an idle worker whose Accept blocks in the kernel cannot be
+// stopped by closing its listener.
+func TestStartingWorkerKeepsSocketNonBlocking(t *testing.T) {
+	ln, f, err := listen("127.0.0.1:0", false)
+	require.NoError(t, err)
+	defer ln.Close()
+	defer f.Close()
+	flags := func() int {
+		rc, err := ln.(*net.TCPListener).SyscallConn()
+		require.NoError(t, err)
+		var fl int
+		var ferr error
+		require.NoError(t, rc.Control(func(fd uintptr) { fl, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0) }))
+		require.NoError(t, ferr)
+		return fl
+	}
+	require.NotZero(t, flags()&unix.O_NONBLOCK, "the listener starts non-blocking")
+	cmd := exec.Command("/bin/true")
+	cmd.ExtraFiles = []*os.File{f} // as spawnLocked hands it over
+	require.NoError(t, cmd.Start())
+	require.NoError(t, cmd.Wait())
+	assert.NotZero(t, flags()&unix.O_NONBLOCK, "the shared socket is still non-blocking after a worker started")
+	fdFlags, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0)
+	require.NoError(t, err)
+	assert.NotZero(t, fdFlags&unix.FD_CLOEXEC, "the master's copy is close-on-exec (exec.Cmd dups it for the child)")
 }
 
 func TestWorkerEnv(t *testing.T) {

@@ -213,12 +213,38 @@ func listen(addr string, reusePort bool) (net.Listener, *os.File, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("workerpool: listen %s: %w", addr, err)
 	}
-	f, err := ln.(*net.TCPListener).File()
+	f, err := inheritable(ln.(*net.TCPListener))
 	if err != nil {
 		ln.Close()
 		return nil, nil, fmt.Errorf("workerpool: listen %s: descriptor for workers: %w", addr, err)
 	}
 	return ln, f, nil
+}
+
+// inheritable returns a duplicate of ln's descriptor to hand to workers.
+//
+// Not TCPListener.File: its *os.File switches the socket to blocking mode
+// when exec.Cmd.Start calls its Fd method, and O_NONBLOCK belongs to the
+// open file description that the master and every worker share. An idle
+// worker's Accept would then sit in a blocking accept(2) that closing its
+// listener does not interrupt, so it would outlive the grace period on
+// every reload and stop. os.NewFile on a descriptor that is already
+// non-blocking leaves it so, and Fd does not change it.
+func inheritable(ln *net.TCPListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("dup: %w", derr)
+	}
+	return os.NewFile(uintptr(dup), "workerpool-listener"), nil
 }
 
 // release closes what newMaster opened.

@@ -578,6 +578,34 @@ func TestStopKillsLaggardsAndLeavesNoOrphans(t *testing.T) {
 	assert.Len(t, pl.workerLines(t), 3, "no worker was started beyond the first three")
 }
 
+// Idle workers, blocked in Accept on the shared socket, stop at once on a
+// reload and on a stop: none outlives the grace period. (A socket switched
+// to blocking mode by starting a worker left them in accept(2), and every
+// reload and stop waited for the grace period and killed them.)
+func TestIdlePoolReloadsAndStopsWithoutKills(t *testing.T) {
+	pl := startPool(t, poolArgs{Workers: 4, Listen: true, Grace: stopGrace})
+	pl.waitReady(t, 4)
+	for i := range 2 {
+		require.NoError(t, syscall.Kill(pl.pid, syscall.SIGHUP))
+		e, err := pl.watch.next(workerpool.EventReloaded, nil, 2*waitLong)
+		require.NoError(t, err, "reload %d", i+1)
+		var rl struct {
+			Workers  int
+			Duration time.Duration
+			Aborted  bool
+		}
+		require.NoError(t, e.JSON(&rl))
+		require.False(t, rl.Aborted)
+		t.Logf("reload %d of 4 idle workers took %v", i+1, rl.Duration)
+	}
+	begin := time.Now()
+	st := pl.stop(t)
+	t.Logf("stop of 4 idle workers took %v", time.Since(begin).Round(time.Millisecond))
+	assert.Equal(t, uint64(2), st.Reloads)
+	assert.Zero(t, st.Killed, "every idle worker stopped within the grace period")
+	assert.Zero(t, st.Exited, "no worker exited unasked")
+}
+
 // Exec reports per worker, and names a worker that does not answer (one
 // stopped with SIGSTOP) once its timeout passes.
 func TestExecReportsWorkerThatDoesNotAnswer(t *testing.T) {
