@@ -1,15 +1,24 @@
 package workerpool
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/shmring/shmring/events"
 )
 
 func TestBackoff(t *testing.T) {
@@ -115,4 +124,55 @@ func cutEnv(kv string) (k, v string, ok bool) {
 		}
 	}
 	return kv, "", false
+}
+
+// A request that reaches a worker once it has begun waiting for its
+// actions is skipped and counted, never started: an action started after
+// wait returned would never post its exit. Under -race, requests handled
+// while wait runs also check that the two are ordered.
+func TestExecWorkerSkipsRequestsOnceStopping(t *testing.T) {
+	bus, err := events.Open(events.Options{Path: filepath.Join(t.TempDir(), "w.events"), Mode: events.Manual})
+	require.NoError(t, err)
+	defer bus.Close()
+	var started atomic.Int64
+	x := &execWorker{
+		ctx: context.Background(), bus: bus, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		actions: map[string]Action{"run": func(context.Context, []string, io.Writer) error {
+			started.Add(1)
+			return nil
+		}},
+	}
+	w := &Worker{exec: x}
+	request := func(seq uint64) *events.Event {
+		b, err := json.Marshal(execRequest{ID: fmt.Sprintf("r%d", seq), Action: "run"})
+		require.NoError(t, err)
+		return &events.Event{Source: Source, Name: EventExec, Data: b, Seq: seq}
+	}
+
+	// Requests handled while wait runs: each is either run and waited for,
+	// or skipped.
+	const n = 200
+	evs := make([]*events.Event, n)
+	for i := range evs {
+		evs[i] = request(uint64(i + 1))
+	}
+	handled := make(chan struct{})
+	go func() {
+		defer close(handled)
+		for _, e := range evs {
+			x.handle(e)
+		}
+	}()
+	x.wait()
+	<-handled
+	st := w.Stats()
+	assert.Equal(t, uint64(n), st.ExecRun+st.ExecSkipped, "every request was run or skipped")
+
+	// Once wait has returned, nothing starts.
+	before := started.Load()
+	x.handle(request(n + 1))
+	st2 := w.Stats()
+	assert.Equal(t, st.ExecSkipped+1, st2.ExecSkipped, "the late request is counted as skipped")
+	assert.Equal(t, st.ExecRun, st2.ExecRun, "and not run")
+	assert.Equal(t, before, started.Load(), "no action started after wait returned")
 }

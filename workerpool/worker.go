@@ -200,15 +200,21 @@ type execWorker struct {
 	index   int
 	pid     int
 	log     *slog.Logger
+
+	// mu orders running.Add in handle against wait: once closing is set,
+	// no action starts, so none can start after wait has returned.
+	mu      sync.Mutex
+	closing bool
 	running sync.WaitGroup
 
-	runs, replayed, malformed, postErrors atomic.Uint64
+	runs, replayed, skipped, malformed, postErrors atomic.Uint64
 }
 
 // WorkerStats are a worker's exec counters.
 type WorkerStats struct {
 	ExecRun       uint64 // requests acknowledged and run (unknown actions included)
 	ExecReplayed  uint64 // requests posted before this worker joined, replayed by its bus and skipped
+	ExecSkipped   uint64 // requests that arrived once the worker was stopping: not acknowledged, not run (logged)
 	ExecMalformed uint64 // exec events that did not decode (skipped, logged)
 	PostErrors    uint64 // acks, outputs and exits that could not be posted (logged)
 }
@@ -217,7 +223,7 @@ type WorkerStats struct {
 func (w *Worker) Stats() WorkerStats {
 	x := w.exec
 	return WorkerStats{
-		ExecRun: x.runs.Load(), ExecReplayed: x.replayed.Load(),
+		ExecRun: x.runs.Load(), ExecReplayed: x.replayed.Load(), ExecSkipped: x.skipped.Load(),
 		ExecMalformed: x.malformed.Load(), PostErrors: x.postErrors.Load(),
 	}
 }
@@ -230,9 +236,14 @@ func (x *execWorker) names() []string {
 	return names
 }
 
-// wait waits for the actions still running; their context is the worker's,
-// cancelled by now.
-func (x *execWorker) wait() { x.running.Wait() }
+// wait stops taking requests and waits for the actions still running;
+// their context is the worker's, cancelled by now.
+func (x *execWorker) wait() {
+	x.mu.Lock()
+	x.closing = true
+	x.mu.Unlock()
+	x.running.Wait()
+}
 
 // handle runs on the bus's poller: it acknowledges a request and starts its
 // action on a goroutine of its own.
@@ -251,6 +262,17 @@ func (x *execWorker) handle(e *events.Event) {
 		x.log.Debug("workerpool: exec request from before this worker skipped", "id", req.ID, "seq", e.Seq)
 		return
 	}
+	x.mu.Lock()
+	if x.closing {
+		x.mu.Unlock()
+		// The worker is on its way out: an ack now would promise an exit
+		// status that nobody would post.
+		x.skipped.Add(1)
+		x.log.Warn("workerpool: exec request arrived while stopping; skipped", "id", req.ID, "seq", e.Seq)
+		return
+	}
+	x.running.Add(1)
+	x.mu.Unlock()
 	id := WorkerID{Index: x.index, PID: x.pid}
 	x.runs.Add(1)
 	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id}); err != nil {
@@ -258,7 +280,6 @@ func (x *execWorker) handle(e *events.Event) {
 		x.log.Warn("workerpool: exec ack not posted", "id", req.ID, "err", err)
 	}
 	seq := e.Seq // e is the bus's only until this handler returns
-	x.running.Add(1)
 	go func() {
 		defer x.running.Done()
 		x.run(req, seq, id)

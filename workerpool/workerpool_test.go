@@ -381,7 +381,7 @@ func TestWorkersSeeSameEventsInSameOrder(t *testing.T) {
 		}
 		assert.Zero(t, d.Lost, "worker %d lost nothing", idx)
 		assert.Positive(t, d.Exec.ExecRun, "worker %d counts the requests it ran", idx)
-		assert.Zero(t, d.Exec.ExecMalformed+d.Exec.PostErrors+d.Exec.ExecReplayed, "worker %d skipped nothing", idx)
+		assert.Zero(t, d.Exec.ExecMalformed+d.Exec.PostErrors+d.Exec.ExecReplayed+d.Exec.ExecSkipped, "worker %d skipped nothing", idx)
 	}
 	st := pl.stop(t)
 	assert.Zero(t, st.Exited, "no worker exited unasked")
