@@ -176,3 +176,43 @@ func TestExecWorkerSkipsRequestsOnceStopping(t *testing.T) {
 	assert.Equal(t, st.ExecRun, st2.ExecRun, "and not run")
 	assert.Equal(t, before, started.Load(), "no action started after wait returned")
 }
+
+// With MinWorkers, an exec whose acks name a master waits for that
+// master's expect even when enough exits came first; without a master it
+// finishes on the exits alone.
+func TestGatherWaitsForKnownMastersExpect(t *testing.T) {
+	ev := func(name string, v any) *events.Event {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		return &events.Event{Source: Source, Name: name, Data: b}
+	}
+	w0, w1 := WorkerID{Index: 0, PID: 10}, WorkerID{Index: 1, PID: 11}
+
+	g := &gather{id: "x", opts: &ExecOptions{MinWorkers: 1}, byID: map[WorkerID]*WorkerResult{}}
+	g.apply(ev(EventAck, execReply{ID: "x", WorkerID: w0, Master: 9}))
+	g.apply(ev(EventExit, execReply{ID: "x", WorkerID: w0}))
+	assert.False(t, g.complete(), "the acks named master 9: its expect is awaited")
+	g.apply(ev(EventExpect, execExpect{ID: "x", Workers: []WorkerID{w0, w1}}))
+	assert.False(t, g.complete(), "the master expects worker 1 too")
+	g.apply(ev(EventAck, execReply{ID: "x", WorkerID: w1, Master: 9}))
+	g.apply(ev(EventExit, execReply{ID: "x", WorkerID: w1}))
+	assert.True(t, g.complete())
+	res := g.result("a", 1, 0)
+	assert.Equal(t, 9, res.Master)
+	assert.NoError(t, res.err(1))
+
+	// The master never answers: at the timeout the result says so.
+	g = &gather{id: "y", opts: &ExecOptions{MinWorkers: 1}, byID: map[WorkerID]*WorkerResult{}}
+	g.apply(ev(EventAck, execReply{ID: "y", WorkerID: w0, Master: 9}))
+	g.apply(ev(EventExit, execReply{ID: "y", WorkerID: w0}))
+	err := g.result("a", 1, 0).err(1)
+	require.ErrorIs(t, err, ErrIncomplete)
+	assert.Contains(t, err.Error(), "pid 9")
+
+	// No master on the bus: MinWorkers exits are enough.
+	g = &gather{id: "z", opts: &ExecOptions{MinWorkers: 1}, byID: map[WorkerID]*WorkerResult{}}
+	g.apply(ev(EventAck, execReply{ID: "z", WorkerID: w0}))
+	g.apply(ev(EventExit, execReply{ID: "z", WorkerID: w0}))
+	assert.True(t, g.complete())
+	assert.NoError(t, g.result("a", 1, 0).err(1))
+}

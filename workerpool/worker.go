@@ -74,7 +74,8 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	}
 	defer closeAll(lns)
 
-	ex := &execWorker{ctx: ctx, actions: cfg.Actions, index: env.index, pid: os.Getpid(), log: log}
+	// The master started this process: it is the parent, until it dies.
+	ex := &execWorker{ctx: ctx, actions: cfg.Actions, index: env.index, pid: os.Getpid(), master: os.Getppid(), log: log}
 	w := &Worker{Index: env.index, Generation: env.gen, Listeners: lns, Logger: log, exec: ex}
 	opts := cfg.Bus
 	opts.Path = env.ring
@@ -199,6 +200,7 @@ type execWorker struct {
 	actions map[string]Action
 	index   int
 	pid     int
+	master  int // the master's pid, named in each ack
 	log     *slog.Logger
 
 	// mu orders running.Add in handle against wait: once closing is set,
@@ -275,7 +277,7 @@ func (x *execWorker) handle(e *events.Event) {
 	x.mu.Unlock()
 	id := WorkerID{Index: x.index, PID: x.pid}
 	x.runs.Add(1)
-	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id}); err != nil {
+	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id, Master: x.master}); err != nil {
 		x.postErrors.Add(1)
 		x.log.Warn("workerpool: exec ack not posted", "id", req.ID, "err", err)
 	}
