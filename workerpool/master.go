@@ -283,7 +283,9 @@ func (m *Master) onReady(e *events.Event) {
 }
 
 // onExec answers a request with the workers that will see it: those whose
-// "ready" came before it, hence whose bus reads it.
+// "ready" came before it, hence whose bus reads it, and that are not being
+// replaced. A worker asked to stop later still handles the request: it
+// reads the bus up to where it was when it began to stop (catchUp).
 func (m *Master) onExec(b *events.Bus, e *events.Event) {
 	var req execRequest
 	if err := e.JSON(&req); err != nil || req.ID == "" {
@@ -292,7 +294,7 @@ func (m *Master) onExec(b *events.Bus, e *events.Event) {
 	m.mu.Lock()
 	x := execExpect{ID: req.ID, Workers: []WorkerID{}}
 	for _, c := range m.children {
-		if c.isReady {
+		if c.isReady && !c.retiring {
 			x.Workers = append(x.Workers, c.WorkerID)
 		}
 	}

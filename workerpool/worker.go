@@ -106,6 +106,7 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	w.Bus = bus
 	defer bus.Close()
 	defer ex.wait()
+	defer catchUp(bus, catchUpMax)
 
 	ready := readyMsg{Index: env.index, PID: os.Getpid(), Generation: env.gen, Start: ex.start, Actions: ex.names()}
 	if err := publishJSON(bus, EventReady, ready); err != nil {
@@ -130,6 +131,27 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 		return errors.Join(err, ErrMasterGone)
 	case <-time.After(cfg.Grace):
 		return fmt.Errorf("%w; Main did not return within %v", ErrMasterGone, cfg.Grace)
+	}
+}
+
+// catchUpMax bounds how long a stopping worker reads the bus to catch up.
+const catchUpMax = time.Second
+
+// catchUp handles the events posted before the worker began to stop, for
+// at most limit: the master lists this worker in the expect of every
+// request it handled before it asked the worker to stop, and the worker
+// must not close its bus before it has seen them. The actions it starts
+// get a cancelled context; they still answer.
+func catchUp(bus *events.Bus, limit time.Duration) {
+	target := bus.Ring().Next()
+	deadline := time.Now().Add(limit)
+	for bus.Cursor() < target && time.Now().Before(deadline) {
+		if _, err := bus.Poll(); err != nil {
+			return
+		}
+		if bus.Cursor() < target {
+			time.Sleep(time.Millisecond) // the poller is busy, or an entry is pending
+		}
 	}
 }
 
