@@ -47,16 +47,20 @@ const waitLong = 60 * time.Second
 
 // poolArgs is the pool child's argument, as JSON.
 type poolArgs struct {
-	Ring       string
-	Workers    int
-	Listen     bool
-	Grace      time.Duration
-	BackoffMin time.Duration
-	BackoffMax time.Duration
-	MinUptime  time.Duration
-	Hang       []int         // workers that ignore their context when told to stop
-	Crash      bool          // every worker's Main fails at once
-	Work       time.Duration // how long each HTTP request takes to serve
+	Ring         string
+	Workers      int
+	Listen       bool
+	Grace        time.Duration
+	BackoffMin   time.Duration
+	BackoffMax   time.Duration
+	MinUptime    time.Duration
+	Hang         []int         // workers that ignore their context when told to stop
+	Crash        bool          // every worker's Main fails at once
+	Work         time.Duration // how long each HTTP request takes to serve
+	ReadyTimeout time.Duration
+	// HangSetup names a file: while it exists, a starting worker's bus
+	// Setup prints "setup-hang PID" and blocks, so it never gets ready.
+	HangSetup string
 }
 
 // dump is the answer of the "dump" action: the "test" events this worker
@@ -91,15 +95,22 @@ func rolePool(args []string) error {
 	}
 	var master *workerpool.Master
 	cfg := workerpool.Config{
-		Workers:    a.Workers,
-		Grace:      a.Grace,
-		BackoffMin: a.BackoffMin,
-		BackoffMax: a.BackoffMax,
-		MinUptime:  a.MinUptime,
-		Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Workers:      a.Workers,
+		Grace:        a.Grace,
+		BackoffMin:   a.BackoffMin,
+		BackoffMax:   a.BackoffMax,
+		MinUptime:    a.MinUptime,
+		ReadyTimeout: a.ReadyTimeout,
+		Logger:       slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Bus: events.Options{
 			Path: a.Ring,
 			Setup: func(b *events.Bus) {
+				if a.HangSetup != "" {
+					if _, err := os.Stat(a.HangSetup); err == nil {
+						fmt.Printf("setup-hang %d\n", os.Getpid())
+						select {} // never ready: the master kills it at ReadyTimeout
+					}
+				}
 				startSeq = b.Cursor()
 				workerBus.Store(b)
 				b.Register(func(e *events.Event) {
@@ -588,6 +599,47 @@ func TestExecDuringReloadIsComplete(t *testing.T) {
 	t.Logf("%d execs during two reloads, all complete", execs)
 	st := pl.stop(t)
 	assert.Equal(t, uint64(2), st.Reloads)
+}
+
+// A reload step whose new worker is not ready in time, while the old
+// worker dies meanwhile, leaves the slot empty only until a restart fills
+// it; the old worker's exit is counted and posted.
+func TestFailedReloadStepWithDeadOldWorkerRefillsSlot(t *testing.T) {
+	hang := filepath.Join(t.TempDir(), "hang")
+	pl := startPool(t, poolArgs{Workers: 1, ReadyTimeout: 3 * time.Second, HangSetup: hang, BackoffMin: 10 * time.Millisecond})
+	old := pl.waitReady(t, 1)[0]
+
+	require.NoError(t, os.WriteFile(hang, nil, 0o600))
+	require.NoError(t, syscall.Kill(pl.pid, syscall.SIGHUP))
+	line, err := pl.p.Expect("setup-hang ", waitLong)
+	require.NoError(t, err, "the reload's new worker hangs before it is ready")
+	hung, err := strconv.Atoi(strings.Fields(line)[1])
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(hang)) // the next worker starts normally
+	require.NoError(t, syscall.Kill(old.PID, syscall.SIGKILL))
+
+	e, err := pl.watch.next(workerpool.EventExited, func(e *events.Event) bool {
+		var ex exitedMsg
+		return e.JSON(&ex) == nil && ex.PID == old.PID
+	}, waitLong)
+	require.NoError(t, err, "the old worker's exit is posted")
+	var ex exitedMsg
+	require.NoError(t, e.JSON(&ex))
+	assert.Equal(t, "signal: killed", ex.Status)
+
+	_, err = pl.watch.next(workerpool.EventReloaded, nil, waitLong)
+	require.NoError(t, err, "the reload ends (abandoned)")
+	_, err = pl.watch.next(workerpool.EventReady, func(e *events.Event) bool {
+		var r readyMsg
+		return e.JSON(&r) == nil && r.Index == 0 && r.PID != old.PID && r.PID != hung
+	}, waitLong)
+	require.NoError(t, err, "a new worker fills the slot")
+	pl.waitReady(t, 1)
+
+	st := pl.stop(t)
+	assert.Equal(t, uint64(1), st.ReloadsFail)
+	assert.Equal(t, uint64(1), st.Exited, "the old worker's death is counted")
+	assert.Zero(t, st.PostErrors)
 }
 
 // stopGrace is the grace period of the stop test. Under the race detector
