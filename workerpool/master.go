@@ -191,6 +191,13 @@ func newMaster(cfg Config) (_ *Master, err error) {
 	if m.bus, err = events.Open(opts); err != nil {
 		return nil, fmt.Errorf("workerpool: open bus: %w", err)
 	}
+	// Every worker takes a slot in the ring's reader registry, and a
+	// reload runs one more process while it replaces a worker: beyond
+	// that, workers would fail to open the bus and be restarted forever.
+	if slots := int(m.bus.Ring().Region().Geometry().ReaderSlots); cfg.Workers+1 > slots {
+		return nil, fmt.Errorf("%w: Workers (%d) needs %d reader slots (one more for a reload); the ring %s has %d",
+			ErrConfig, cfg.Workers, cfg.Workers+1, m.bus.Path(), slots)
+	}
 	for i := range cfg.Workers {
 		m.slots = append(m.slots, &slot{index: i})
 	}

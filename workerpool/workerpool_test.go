@@ -797,6 +797,7 @@ func TestRunErrors(t *testing.T) {
 		{"no ring", workerpool.Config{Main: main}, workerpool.ErrConfig, "Bus.Path is empty"},
 		{"backoff bounds", workerpool.Config{Main: main, Bus: events.Options{Path: ring}, BackoffMin: time.Second, BackoffMax: time.Millisecond}, workerpool.ErrConfig, "BackoffMax"},
 		{"nil action", workerpool.Config{Main: main, Bus: events.Options{Path: ring}, Actions: map[string]workerpool.Action{"x": nil}}, workerpool.ErrConfig, `action "x"`},
+		{"more workers than reader slots", workerpool.Config{Workers: 64, Main: main, Bus: events.Options{Path: filepath.Join(dir, "slots.events")}}, workerpool.ErrConfig, "Workers (64) needs 65 reader slots"},
 		{"bad port", workerpool.Config{Main: main, Bus: events.Options{Path: ring}, Listen: []string{"127.0.0.1:99999"}}, nil, "listen 127.0.0.1:99999"},
 		{"bad address", workerpool.Config{Main: main, Bus: events.Options{Path: ring}, Listen: []string{"nowhere"}}, nil, "listen nowhere"},
 		{"ring dir missing", workerpool.Config{Main: main, Bus: events.Options{Path: filepath.Join(dir, "no", "such.events")}}, os.ErrNotExist, "open bus"},

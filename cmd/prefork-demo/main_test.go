@@ -242,6 +242,14 @@ func TestUsageAndListenErrors(t *testing.T) {
 	assert.Equal(t, 2, err.(*exec.ExitError).ExitCode())
 	assert.Contains(t, string(out), "Workers is negative")
 
+	ring := filepath.Join(t.TempDir(), "x.events")
+	out, err = exec.Command(demoBin, "--addr", "127.0.0.1:0", "--workers", "66", "--ring", ring).CombinedOutput()
+	require.Error(t, err)
+	assert.Equal(t, 2, err.(*exec.ExitError).ExitCode(), "more workers than the ring has reader slots: %s", out)
+	assert.Contains(t, string(out), "reader slots")
+	_, err = os.Stat(ring)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the ring it created is removed")
+
 	out, err = exec.Command(demoBin, "--addr", "127.0.0.1:99999", "--ring", filepath.Join(t.TempDir(), "x.events")).CombinedOutput()
 	require.Error(t, err)
 	assert.Equal(t, 1, err.(*exec.ExitError).ExitCode())
