@@ -736,6 +736,9 @@ func TestExecReportsWorkerThatDoesNotAnswer(t *testing.T) {
 	silent := ids[1]
 	require.NoError(t, syscall.Kill(silent.PID, syscall.SIGSTOP))
 	t.Cleanup(func() { _ = syscall.Kill(silent.PID, syscall.SIGCONT) })
+	// SIGSTOP takes effect asynchronously: a thread still running could
+	// answer the next request.
+	testproc.WaitStopped(t, silent.PID, waitLong)
 	res, err = pl.exec(t, "ping", nil, workerpool.ExecOptions{Timeout: 2 * time.Second})
 	require.ErrorIs(t, err, workerpool.ErrIncomplete)
 	assert.Contains(t, err.Error(), silent.String(), "the error names the silent worker")

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/internal/testproc"
 	"github.com/shmring/shmring/workerpool"
 )
 
@@ -139,6 +140,9 @@ func TestExec(t *testing.T) {
 	silent := rep.Workers[1]
 	require.NoError(t, syscall.Kill(silent.PID, syscall.SIGSTOP))
 	t.Cleanup(func() { _ = syscall.Kill(silent.PID, syscall.SIGCONT) })
+	// SIGSTOP takes effect asynchronously: a thread still running could
+	// answer the next request.
+	testproc.WaitStopped(t, silent.PID, e2eWait)
 	out, errOut, code = runTool(t, "exec", path, "echo", "x", "--timeout", "1s", "--json")
 	assert.Equal(t, 1, code)
 	name := fmt.Sprintf("worker 1 (pid %d)", silent.PID)
