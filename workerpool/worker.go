@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/shmring/shmring/events"
 )
 
@@ -63,6 +65,8 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	masterGone := make(chan struct{})
+	// The inherited descriptors are not for this process's own children.
+	unix.CloseOnExec(fdMaster)
 	go watchMaster(os.NewFile(fdMaster, "workerpool-master"), func() {
 		close(masterGone)
 		cancel(ErrMasterGone)
@@ -196,6 +200,7 @@ func inheritListeners(n int) ([]net.Listener, error) {
 			closeAll(lns)
 			return nil, fmt.Errorf("workerpool: worker: listener %d: descriptor %d is not open", i, fdListeners+i)
 		}
+		unix.CloseOnExec(fdListeners + i)
 		ln, err := net.FileListener(f) // dups the descriptor
 		f.Close()
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/internal/proc"
@@ -72,6 +73,9 @@ type dump struct {
 	Seqs  []uint64
 	Data  []string
 	Exec  workerpool.WorkerStats
+	// MasterFdCloexec: the inherited pipe from the master (fd 3) is
+	// close-on-exec, so the worker's own children do not hold it.
+	MasterFdCloexec bool
 }
 
 // Per worker process: the "test" events it handled.
@@ -139,6 +143,9 @@ func rolePool(args []string) error {
 				d := dump{PID: os.Getpid(), Start: startSeq, Seqs: slices.Clone(seenSeqs), Data: slices.Clone(seenData)}
 				seenMu.Unlock()
 				d.Lost = workerBus.Load().Stats().Lost
+				if fl, err := unix.FcntlInt(3, unix.F_GETFD, 0); err == nil {
+					d.MasterFdCloexec = fl&unix.FD_CLOEXEC != 0
+				}
 				if w := worker.Load(); w != nil {
 					d.Exec = w.Stats()
 				}
@@ -391,6 +398,7 @@ func TestWorkersSeeSameEventsInSameOrder(t *testing.T) {
 			assert.Equal(t, strconv.Itoa(i), data, "worker %d, event %d", idx, i)
 		}
 		assert.Zero(t, d.Lost, "worker %d lost nothing", idx)
+		assert.True(t, d.MasterFdCloexec, "worker %d's inherited fd 3 is close-on-exec", idx)
 		assert.Positive(t, d.Exec.ExecRun, "worker %d counts the requests it ran", idx)
 		assert.Zero(t, d.Exec.ExecMalformed+d.Exec.PostErrors+d.Exec.ExecReplayed+d.Exec.ExecSkipped, "worker %d skipped nothing", idx)
 	}
