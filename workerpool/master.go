@@ -663,6 +663,10 @@ func (m *Master) Addrs() []net.Addr {
 	return out
 }
 
+// Slots returns the number of worker slots: Config.Workers, with its
+// default applied.
+func (m *Master) Slots() int { return len(m.slots) }
+
 // Bus returns the master's bus, an observer: it posts, and never runs a
 // unique event.
 func (m *Master) Bus() *events.Bus { return m.bus }
