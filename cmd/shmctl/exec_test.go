@@ -104,6 +104,13 @@ func TestExec(t *testing.T) {
 		assert.Equal(t, "a b c\n", w.Output)
 	}
 
+	// Arguments that look like flags go after "--".
+	out = mustRunTool(t, "exec", path, "echo", "--json", "--", "-n", "x")
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), "one JSON object: %s", out)
+	for _, w := range rep.Workers {
+		assert.Equal(t, "-n x\n", w.Output, "the action got the arguments after --")
+	}
+
 	// Lines as the answers arrive, then a summary.
 	out = mustRunTool(t, "exec", path, "echo", "hello")
 	for _, w := range rep.Workers {
