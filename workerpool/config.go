@@ -62,6 +62,9 @@ type Action func(ctx context.Context, args []string, out io.Writer) error
 // takes its default.
 type Config struct {
 	// Workers is the number of worker processes (default runtime.NumCPU()).
+	// Each takes a slot in the ring's reader registry and a reload needs one
+	// more, so Run refuses more than the ring's reader slots less one (63
+	// with the default geometry) with ErrConfig.
 	Workers int
 	// Listen lists TCP addresses ("host:port"; port 0 picks one) that the
 	// master listens on; every worker accepts on the same sockets, in this

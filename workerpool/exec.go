@@ -33,8 +33,11 @@ const DefaultExecTimeout = 10 * time.Second
 type ExecOptions struct {
 	// MinWorkers is how many workers must report an exit status for the
 	// exec to be complete (default 0: as many as the master expects).
-	// Without a master on the bus, Exec finishes as soon as this many have
-	// exited and every worker that acknowledged has, or at Timeout.
+	// Each ack names the worker's master; once one has, Exec also waits
+	// for that master's list of expected workers, so the result does not
+	// depend on which answer came first. Without a master on the bus,
+	// Exec finishes as soon as this many have exited and every worker that
+	// acknowledged has, or at Timeout.
 	MinWorkers int
 	// Timeout is how long Exec waits for the answers (default 10s). It is
 	// also each worker's deadline for the action (its ctx).
@@ -73,6 +76,9 @@ type ExecResult struct {
 	// Expected lists the workers the master said were ready when it saw
 	// the request; nil when no master answered.
 	Expected []WorkerID
+	// Master is the pid of the master that the workers' acks name, or 0
+	// if no ack named one.
+	Master int
 	// Workers lists every worker that answered, by index then pid.
 	Workers []WorkerResult
 	// Missing lists expected workers, and workers that acknowledged, that
@@ -123,6 +129,7 @@ type execExpect struct {
 type execReply struct {
 	ID string
 	WorkerID
+	Master int    `json:",omitempty"` // ack: the worker's master, whose expect Exec then waits for
 	Data   []byte `json:",omitempty"` // output
 	Status int    `json:",omitempty"` // exit
 	Error  string `json:",omitempty"` // exit
@@ -223,11 +230,13 @@ func (r *ExecResult) err(minWorkers int) error {
 	exited := r.Exited()
 	// Without the master's list nobody knows whom to wait for: only
 	// MinWorkers answers make such an exec complete.
-	unknown := r.Expected == nil && (minWorkers == 0 || exited < minWorkers)
+	unknown := r.Expected == nil && (minWorkers == 0 || exited < minWorkers || r.Master != 0)
 	if len(r.Missing) > 0 || exited < minWorkers || unknown {
 		msg := fmt.Sprintf("%d workers exited", exited)
 		if r.Expected != nil {
 			msg += fmt.Sprintf(" of %d expected", len(r.Expected))
+		} else if r.Master != 0 {
+			msg += fmt.Sprintf(" (the master, pid %d, did not say whom to expect)", r.Master)
 		} else {
 			msg += " (no master answered, so none were expected)"
 		}
@@ -258,6 +267,7 @@ type gather struct {
 	id       string
 	opts     *ExecOptions
 	expected []WorkerID // nil until the master answers
+	master   int        // the master an ack named, 0 until one does
 	byID     map[WorkerID]*WorkerResult
 }
 
@@ -286,6 +296,9 @@ func (g *gather) apply(e *events.Event) {
 	switch e.Name {
 	case EventAck:
 		w.Acked = true
+		if r.Master != 0 && g.master == 0 {
+			g.master = r.Master
+		}
 		if g.opts.OnAck != nil {
 			g.opts.OnAck(r.WorkerID)
 		}
@@ -317,7 +330,10 @@ func (g *gather) complete() bool {
 		return false
 	}
 	if g.expected == nil {
-		return g.opts.MinWorkers > 0
+		// A master exists (an ack named it): its expect is on its way,
+		// and finishing without it would make the result depend on
+		// whether it came before the last exit.
+		return g.opts.MinWorkers > 0 && g.master == 0
 	}
 	for _, id := range g.expected {
 		if w := g.byID[id]; w == nil || !w.Exited {
@@ -328,7 +344,7 @@ func (g *gather) complete() bool {
 }
 
 func (g *gather) result(action string, seq uint64, elapsed time.Duration) *ExecResult {
-	res := &ExecResult{ID: g.id, Action: action, Seq: seq, Expected: g.expected, Elapsed: elapsed}
+	res := &ExecResult{ID: g.id, Action: action, Seq: seq, Expected: g.expected, Master: g.master, Elapsed: elapsed}
 	missing := map[WorkerID]bool{}
 	for _, id := range g.expected {
 		if w := g.byID[id]; w == nil || !w.Exited {

@@ -28,6 +28,10 @@ func TestServeHTTPAnswersEveryAcceptedConnection(t *testing.T) {
 	release := make(chan struct{})
 	inHandler := make(chan struct{}, 16)
 	states := make(chan http.ConnState, 64)
+	// Once the test has counted what it needs, nobody reads states: the
+	// server's ConnState must not block on it.
+	statesDone := make(chan struct{})
+	defer close(statesDone)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/slow" {
@@ -36,7 +40,12 @@ func TestServeHTTPAnswersEveryAcceptedConnection(t *testing.T) {
 			}
 			fmt.Fprint(w, "ok")
 		}),
-		ConnState: func(_ net.Conn, s http.ConnState) { states <- s },
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			select {
+			case states <- s:
+			case <-statesDone:
+			}
+		},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

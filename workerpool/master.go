@@ -55,13 +55,14 @@ type slot struct {
 // child is one worker process.
 type child struct {
 	WorkerID
-	gen      int
-	cmd      *exec.Cmd
-	started  time.Time
-	ready    chan struct{} // closed when its "ready" event arrives
-	isReady  bool
-	done     chan struct{} // closed when it has been reaped
-	retiring bool          // asked to stop (reload): its exit is expected
+	gen       int
+	cmd       *exec.Cmd
+	started   time.Time
+	ready     chan struct{} // closed when its "ready" event arrives
+	isReady   bool
+	done      chan struct{} // closed when it has been reaped
+	retiring  bool          // being replaced (reload): no longer expected to answer exec requests
+	stopAsked bool          // sent SIGTERM or SIGKILL on purpose: its exit is expected
 }
 
 // Stats are a master's counters.
@@ -73,6 +74,7 @@ type Stats struct {
 	Reloads     uint64 // rolling replacements finished
 	ReloadsFail uint64 // rolling replacements abandoned: a new worker failed before it was ready
 	Killed      uint64 // workers killed because they outlived the grace period
+	PostErrors  uint64 // spawned, exited, reloaded and expect events that could not be posted (logged)
 }
 
 // WorkerInfo describes a live worker process.
@@ -189,6 +191,13 @@ func newMaster(cfg Config) (_ *Master, err error) {
 	if m.bus, err = events.Open(opts); err != nil {
 		return nil, fmt.Errorf("workerpool: open bus: %w", err)
 	}
+	// Every worker takes a slot in the ring's reader registry, and a
+	// reload runs one more process while it replaces a worker: beyond
+	// that, workers would fail to open the bus and be restarted forever.
+	if slots := int(m.bus.Ring().Region().Geometry().ReaderSlots); cfg.Workers+1 > slots {
+		return nil, fmt.Errorf("%w: Workers (%d) needs %d reader slots (one more for a reload); the ring %s has %d",
+			ErrConfig, cfg.Workers, cfg.Workers+1, m.bus.Path(), slots)
+	}
 	for i := range cfg.Workers {
 		m.slots = append(m.slots, &slot{index: i})
 	}
@@ -213,12 +222,38 @@ func listen(addr string, reusePort bool) (net.Listener, *os.File, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("workerpool: listen %s: %w", addr, err)
 	}
-	f, err := ln.(*net.TCPListener).File()
+	f, err := inheritable(ln.(*net.TCPListener))
 	if err != nil {
 		ln.Close()
 		return nil, nil, fmt.Errorf("workerpool: listen %s: descriptor for workers: %w", addr, err)
 	}
 	return ln, f, nil
+}
+
+// inheritable returns a duplicate of ln's descriptor to hand to workers.
+//
+// Not TCPListener.File: its *os.File switches the socket to blocking mode
+// when exec.Cmd.Start calls its Fd method, and O_NONBLOCK belongs to the
+// open file description that the master and every worker share. An idle
+// worker's Accept would then sit in a blocking accept(2) that closing its
+// listener does not interrupt, so it would outlive the grace period on
+// every reload and stop. os.NewFile on a descriptor that is already
+// non-blocking leaves it so, and Fd does not change it.
+func inheritable(ln *net.TCPListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("dup: %w", derr)
+	}
+	return os.NewFile(uintptr(dup), "workerpool-listener"), nil
 }
 
 // release closes what newMaster opened.
@@ -257,7 +292,9 @@ func (m *Master) onReady(e *events.Event) {
 }
 
 // onExec answers a request with the workers that will see it: those whose
-// "ready" came before it, hence whose bus reads it.
+// "ready" came before it, hence whose bus reads it, and that are not being
+// replaced. A worker asked to stop later still handles the request: it
+// reads the bus up to where it was when it began to stop (catchUp).
 func (m *Master) onExec(b *events.Bus, e *events.Event) {
 	var req execRequest
 	if err := e.JSON(&req); err != nil || req.ID == "" {
@@ -266,14 +303,32 @@ func (m *Master) onExec(b *events.Bus, e *events.Event) {
 	m.mu.Lock()
 	x := execExpect{ID: req.ID, Workers: []WorkerID{}}
 	for _, c := range m.children {
-		if c.isReady {
+		if c.isReady && !c.retiring {
 			x.Workers = append(x.Workers, c.WorkerID)
 		}
 	}
 	m.mu.Unlock()
 	slices.SortFunc(x.Workers, func(a, b WorkerID) int { return cmp.Or(cmp.Compare(a.Index, b.Index), cmp.Compare(a.PID, b.PID)) })
 	if err := publishJSON(b, EventExpect, x); err != nil {
+		m.mu.Lock()
+		m.stats.PostErrors++
+		m.mu.Unlock()
 		m.log.Warn("workerpool: exec: expect not posted", "id", req.ID, "err", err)
+	}
+}
+
+// post posts one of the master's events, counting and logging a failure.
+func (m *Master) post(name string, v any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.postLocked(name, v)
+}
+
+// postLocked is post for a caller that holds m.mu.
+func (m *Master) postLocked(name string, v any) {
+	if err := publishJSON(m.bus, name, v); err != nil {
+		m.stats.PostErrors++
+		m.log.Warn("workerpool: event not posted", "event", name, "err", err)
 	}
 }
 
@@ -303,9 +358,7 @@ func (m *Master) spawnLocked(s *slot, reason string, start *uint64) *child {
 	m.reaped.Add(1)
 	go m.reap(c)
 	m.log.Info("workerpool: worker started", "worker", s.index, "pid", c.PID, "generation", s.gen, "reason", reason)
-	if err := publishJSON(m.bus, EventSpawned, spawnedMsg{WorkerID: c.WorkerID, Generation: s.gen, Reason: reason}); err != nil {
-		m.log.Warn("workerpool: spawned event not posted", "err", err)
-	}
+	m.postLocked(EventSpawned, spawnedMsg{WorkerID: c.WorkerID, Generation: s.gen, Reason: reason})
 	return c
 }
 
@@ -322,8 +375,10 @@ func (m *Master) restart(s *slot, start *uint64) {
 	}
 }
 
-// reap waits for c to exit and, unless its exit was asked for, schedules
-// its replacement.
+// reap waits for c to exit and, unless its exit was asked for, counts and
+// posts it and schedules its replacement. A worker that exits while a
+// reload replaces it is counted and posted too; the reload fills its slot
+// (or, if the new worker fails, keep does).
 func (m *Master) reap(c *child) {
 	defer m.reaped.Done()
 	_ = c.cmd.Wait()
@@ -332,12 +387,20 @@ func (m *Master) reap(c *child) {
 	delete(m.children, c.PID)
 	close(c.done)
 	s := m.slots[c.Index]
-	if m.stopping || c.retiring || s.cur != c {
+	if m.stopping || c.stopAsked {
 		m.log.Info("workerpool: worker exited", "worker", c.Index, "pid", c.PID, "status", c.cmd.ProcessState.String())
 		return
 	}
-	s.cur = nil
 	uptime := time.Since(c.started)
+	if s.cur != c {
+		m.stats.Exited++
+		msg := exitedMsg{WorkerID: c.WorkerID, Generation: c.gen, Status: c.cmd.ProcessState.String(), Uptime: uptime}
+		m.log.Warn("workerpool: worker exited unexpectedly while being replaced", "worker", c.Index, "pid", c.PID,
+			"status", msg.Status, "uptime", uptime)
+		m.postLocked(EventExited, msg)
+		return
+	}
+	s.cur = nil
 	if uptime < m.cfg.MinUptime {
 		s.crashes++
 	} else {
@@ -352,10 +415,20 @@ func (m *Master) reap(c *child) {
 	}
 	m.log.Warn("workerpool: worker exited unexpectedly; restarting", "worker", c.Index, "pid", c.PID,
 		"status", msg.Status, "uptime", uptime, "crashes_in_a_row", s.crashes, "restart_in", delay)
-	if err := publishJSON(m.bus, EventExited, msg); err != nil {
-		m.log.Warn("workerpool: exited event not posted", "err", err)
-	}
+	m.postLocked(EventExited, msg)
 	s.timer = time.AfterFunc(delay, func() { m.restart(s, start) })
+}
+
+// scheduleLocked schedules a restart of the empty slot s after a backoff,
+// unless one is pending or the master is stopping.
+func (m *Master) scheduleLocked(s *slot) {
+	if m.stopping || s.cur != nil || s.timer != nil {
+		return
+	}
+	s.crashes++
+	delay := max(m.cfg.backoff(s.crashes), m.cfg.BackoffMin)
+	m.log.Warn("workerpool: slot empty after a failed reload step; restarting", "worker", s.index, "restart_in", delay)
+	s.timer = time.AfterFunc(delay, func() { m.restart(s, nil) })
 }
 
 // resumeAt returns the cursor that the dead process pid last published in
@@ -404,7 +477,7 @@ func (m *Master) roll() {
 			return
 		}
 		if !ok {
-			m.log.Error("workerpool: reload abandoned: a new worker failed before it was ready; the old workers stay", "worker", i)
+			m.log.Error("workerpool: reload abandoned: a new worker failed before it was ready; the old workers that still run stay", "worker", i)
 			m.finishRoll(replaced, begin, true)
 			return
 		}
@@ -425,9 +498,7 @@ func (m *Master) finishRoll(replaced int, begin time.Time, aborted bool) {
 	if !aborted {
 		m.log.Info("workerpool: reload done", "workers", replaced, "took", d)
 	}
-	if err := publishJSON(m.bus, EventReloaded, reloadedMsg{Workers: replaced, Duration: d, Aborted: aborted}); err != nil {
-		m.log.Warn("workerpool: reloaded event not posted", "err", err)
-	}
+	m.post(EventReloaded, reloadedMsg{Workers: replaced, Duration: d, Aborted: aborted})
 }
 
 // replace puts a new process in s and retires the old one. ok is false if
@@ -461,7 +532,7 @@ func (m *Master) replace(s *slot) (ok, stopped bool) {
 	case <-notReady.C:
 		m.log.Error("workerpool: new worker not ready in time; killing it", "worker", s.index, "pid", nc.PID, "ready_timeout", m.cfg.ReadyTimeout)
 		m.mu.Lock()
-		nc.retiring = true
+		nc.retiring, nc.stopAsked = true, true
 		m.mu.Unlock()
 		_ = nc.cmd.Process.Signal(syscall.SIGKILL)
 		<-nc.done
@@ -477,18 +548,28 @@ func (m *Master) replace(s *slot) (ok, stopped bool) {
 	return true, false
 }
 
-// keep puts old back in s after its replacement nc failed, if old still
-// runs. It returns false, for replace's ok.
+// keep puts old back in s after its replacement nc failed (nc is nil if
+// it could not be started), if old still runs. If old is gone too, it
+// empties s and makes sure a restart is scheduled. It returns false, for
+// replace's ok.
 func (m *Master) keep(s *slot, nc, old *child) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if old == nil {
-		return false
+	oldGone := old == nil
+	if old != nil {
+		select {
+		case <-old.done:
+			oldGone = true // reap counted and posted its exit
+		default:
+		}
 	}
-	select {
-	case <-old.done:
-		return false // it exited meanwhile; the failed one's restart fills s
-	default:
+	if oldGone {
+		// nc is dead (replace waited for it) or was never started.
+		if s.cur != nil && (s.cur == nc || s.cur == old) {
+			s.cur = nil
+		}
+		m.scheduleLocked(s)
+		return false
 	}
 	old.retiring = false
 	if s.cur == nil || s.cur == nc {
@@ -505,6 +586,9 @@ func (m *Master) keep(s *slot, nc, old *child) bool {
 // waits for it for the grace period, then kills it. It reports whether the
 // master began to stop meanwhile (the stop then takes c over).
 func (m *Master) stopChild(c *child) (stopped bool) {
+	m.mu.Lock()
+	c.stopAsked = true
+	m.mu.Unlock()
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	grace := time.NewTimer(m.cfg.Grace)
 	defer grace.Stop()
@@ -578,6 +662,10 @@ func (m *Master) Addrs() []net.Addr {
 	}
 	return out
 }
+
+// Slots returns the number of worker slots: Config.Workers, with its
+// default applied.
+func (m *Master) Slots() int { return len(m.slots) }
 
 // Bus returns the master's bus, an observer: it posts, and never runs a
 // unique event.

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/shmring/shmring/events"
 )
 
@@ -63,6 +65,8 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	masterGone := make(chan struct{})
+	// The inherited descriptors are not for this process's own children.
+	unix.CloseOnExec(fdMaster)
 	go watchMaster(os.NewFile(fdMaster, "workerpool-master"), func() {
 		close(masterGone)
 		cancel(ErrMasterGone)
@@ -74,7 +78,8 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	}
 	defer closeAll(lns)
 
-	ex := &execWorker{ctx: ctx, actions: cfg.Actions, index: env.index, pid: os.Getpid(), log: log}
+	// The master started this process: it is the parent, until it dies.
+	ex := &execWorker{ctx: ctx, actions: cfg.Actions, index: env.index, pid: os.Getpid(), master: os.Getppid(), log: log}
 	w := &Worker{Index: env.index, Generation: env.gen, Listeners: lns, Logger: log, exec: ex}
 	opts := cfg.Bus
 	opts.Path = env.ring
@@ -105,6 +110,7 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	w.Bus = bus
 	defer bus.Close()
 	defer ex.wait()
+	defer catchUp(bus, catchUpMax)
 
 	ready := readyMsg{Index: env.index, PID: os.Getpid(), Generation: env.gen, Start: ex.start, Actions: ex.names()}
 	if err := publishJSON(bus, EventReady, ready); err != nil {
@@ -129,6 +135,27 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 		return errors.Join(err, ErrMasterGone)
 	case <-time.After(cfg.Grace):
 		return fmt.Errorf("%w; Main did not return within %v", ErrMasterGone, cfg.Grace)
+	}
+}
+
+// catchUpMax bounds how long a stopping worker reads the bus to catch up.
+const catchUpMax = time.Second
+
+// catchUp handles the events posted before the worker began to stop, for
+// at most limit: the master lists this worker in the expect of every
+// request it handled before it asked the worker to stop, and the worker
+// must not close its bus before it has seen them. The actions it starts
+// get a cancelled context; they still answer.
+func catchUp(bus *events.Bus, limit time.Duration) {
+	target := bus.Ring().Next()
+	deadline := time.Now().Add(limit)
+	for bus.Cursor() < target && time.Now().Before(deadline) {
+		if _, err := bus.Poll(); err != nil {
+			return
+		}
+		if bus.Cursor() < target {
+			time.Sleep(time.Millisecond) // the poller is busy, or an entry is pending
+		}
 	}
 }
 
@@ -173,6 +200,7 @@ func inheritListeners(n int) ([]net.Listener, error) {
 			closeAll(lns)
 			return nil, fmt.Errorf("workerpool: worker: listener %d: descriptor %d is not open", i, fdListeners+i)
 		}
+		unix.CloseOnExec(fdListeners + i)
 		ln, err := net.FileListener(f) // dups the descriptor
 		f.Close()
 		if err != nil {
@@ -199,16 +227,23 @@ type execWorker struct {
 	actions map[string]Action
 	index   int
 	pid     int
+	master  int // the master's pid, named in each ack
 	log     *slog.Logger
+
+	// mu orders running.Add in handle against wait: once closing is set,
+	// no action starts, so none can start after wait has returned.
+	mu      sync.Mutex
+	closing bool
 	running sync.WaitGroup
 
-	runs, replayed, malformed, postErrors atomic.Uint64
+	runs, replayed, skipped, malformed, postErrors atomic.Uint64
 }
 
 // WorkerStats are a worker's exec counters.
 type WorkerStats struct {
 	ExecRun       uint64 // requests acknowledged and run (unknown actions included)
 	ExecReplayed  uint64 // requests posted before this worker joined, replayed by its bus and skipped
+	ExecSkipped   uint64 // requests that arrived once the worker was stopping: not acknowledged, not run (logged)
 	ExecMalformed uint64 // exec events that did not decode (skipped, logged)
 	PostErrors    uint64 // acks, outputs and exits that could not be posted (logged)
 }
@@ -217,7 +252,7 @@ type WorkerStats struct {
 func (w *Worker) Stats() WorkerStats {
 	x := w.exec
 	return WorkerStats{
-		ExecRun: x.runs.Load(), ExecReplayed: x.replayed.Load(),
+		ExecRun: x.runs.Load(), ExecReplayed: x.replayed.Load(), ExecSkipped: x.skipped.Load(),
 		ExecMalformed: x.malformed.Load(), PostErrors: x.postErrors.Load(),
 	}
 }
@@ -230,9 +265,14 @@ func (x *execWorker) names() []string {
 	return names
 }
 
-// wait waits for the actions still running; their context is the worker's,
-// cancelled by now.
-func (x *execWorker) wait() { x.running.Wait() }
+// wait stops taking requests and waits for the actions still running;
+// their context is the worker's, cancelled by now.
+func (x *execWorker) wait() {
+	x.mu.Lock()
+	x.closing = true
+	x.mu.Unlock()
+	x.running.Wait()
+}
 
 // handle runs on the bus's poller: it acknowledges a request and starts its
 // action on a goroutine of its own.
@@ -251,14 +291,24 @@ func (x *execWorker) handle(e *events.Event) {
 		x.log.Debug("workerpool: exec request from before this worker skipped", "id", req.ID, "seq", e.Seq)
 		return
 	}
+	x.mu.Lock()
+	if x.closing {
+		x.mu.Unlock()
+		// The worker is on its way out: an ack now would promise an exit
+		// status that nobody would post.
+		x.skipped.Add(1)
+		x.log.Warn("workerpool: exec request arrived while stopping; skipped", "id", req.ID, "seq", e.Seq)
+		return
+	}
+	x.running.Add(1)
+	x.mu.Unlock()
 	id := WorkerID{Index: x.index, PID: x.pid}
 	x.runs.Add(1)
-	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id}); err != nil {
+	if err := publishJSON(x.bus, EventAck, execReply{ID: req.ID, WorkerID: id, Master: x.master}); err != nil {
 		x.postErrors.Add(1)
 		x.log.Warn("workerpool: exec ack not posted", "id", req.ID, "err", err)
 	}
 	seq := e.Seq // e is the bus's only until this handler returns
-	x.running.Add(1)
 	go func() {
 		defer x.running.Done()
 		x.run(req, seq, id)

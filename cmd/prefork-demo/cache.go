@@ -35,8 +35,9 @@ type demo struct {
 	// liveFrom is the ring's next sequence when this worker opened its
 	// bus: earlier events are replays of history (the bus starts at
 	// Oldest to rebuild the cache).
-	liveFrom uint64
-	replayed uint64 // refreshes replayed from history, not run (counted)
+	liveFrom     uint64
+	replayed     uint64 // refreshes replayed from history, not run (counted)
+	setNotPosted uint64 // refreshes whose cache/set could not be posted (counted, logged)
 	// snaps holds the stats taken at recent "stats" requests, by the
 	// request's sequence number: the same point in every worker.
 	snaps map[uint64]workerStats
@@ -110,6 +111,9 @@ func (d *demo) refresh(e *events.Event) {
 	d.mu.Unlock()
 	b, _ := json.Marshal(msg)
 	if _, err := d.bus.Publish("cache", "set", b); err != nil {
+		d.mu.Lock()
+		d.setNotPosted++
+		d.mu.Unlock()
 		fmt.Fprintf(os.Stderr, "prefork-demo: worker %d: post cache/set: %v\n", d.index, err)
 	}
 }
@@ -237,6 +241,7 @@ type workerStats struct {
 	Applied    uint64 `json:"sets_applied"`
 	Stale      uint64 `json:"sets_stale"`
 	Replayed   uint64 `json:"refreshes_replayed_skipped"`
+	NotPosted  uint64 `json:"sets_not_posted"`
 	Keys       int    `json:"keys"`
 	Digest     string `json:"cache_digest"`
 	Lost       uint64 `json:"events_lost"`
@@ -252,7 +257,7 @@ func (d *demo) snapshot(e *events.Event) {
 	d.mu.Lock()
 	if len(d.snaps) >= maxSnaps {
 		for seq := range d.snaps {
-			if seq < e.Seq-maxSnaps {
+			if e.Seq >= maxSnaps && seq < e.Seq-maxSnaps { // no wrap below maxSnaps
 				delete(d.snaps, seq)
 			}
 		}
@@ -274,7 +279,7 @@ func (d *demo) stats() workerStats {
 	}
 	st := workerStats{
 		Index: d.index, PID: os.Getpid(), EventsSeen: d.seen, LastSeq: d.lastSeq,
-		Fetches: d.fetches, Applied: d.applied, Stale: d.stale, Replayed: d.replayed, Keys: len(keys),
+		Fetches: d.fetches, Applied: d.applied, Stale: d.stale, Replayed: d.replayed, NotPosted: d.setNotPosted, Keys: len(keys),
 		Digest: hex.EncodeToString(h.Sum(nil)[:8]),
 	}
 	d.mu.Unlock()

@@ -38,7 +38,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("prefork-demo", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	addr := fl.String("addr", "127.0.0.1:8080", "address to listen on (port 0 picks one, printed at start)")
-	workers := fl.Int("workers", runtime.NumCPU(), "worker processes")
+	workers := fl.Int("workers", runtime.NumCPU(), "worker processes (0: one per CPU)")
 	ringPath := fl.String("ring", "", "event ring file (default: prefork-demo-PID.events under /dev/shm or the temp dir, removed on exit)")
 	if err := fl.Parse(args); err != nil {
 		return 2
@@ -78,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Main:    d.main,
 		Started: func(m *workerpool.Master) {
 			fmt.Fprintf(stdout, "prefork-demo: master pid %d, listening on http://%s, %d workers, ring %s\n",
-				os.Getpid(), m.Addrs()[0], *workers, m.Bus().Path())
+				os.Getpid(), m.Addrs()[0], m.Slots(), m.Bus().Path())
 		},
 	})
 	if created {

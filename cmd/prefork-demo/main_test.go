@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/shmring/shmring/events"
 )
 
 // End-to-end tests of the built demo: a master and its workers on a
@@ -49,11 +53,12 @@ func TestMain(m *testing.M) {
 var startLine = regexp.MustCompile(`^prefork-demo: master pid (\d+), listening on (http://\S+), (\d+) workers, ring (\S+)$`)
 
 type demoProc struct {
-	cmd    *exec.Cmd
-	url    string
-	ring   string
-	stderr *lockedWriter
-	done   chan struct{}
+	cmd     *exec.Cmd
+	url     string
+	ring    string
+	workers string // as the start line says
+	stderr  *lockedWriter
+	done    chan struct{}
 }
 
 func startDemo(t *testing.T, args ...string) *demoProc {
@@ -89,7 +94,7 @@ func startDemo(t *testing.T, args ...string) *demoProc {
 		require.True(t, ok, "the demo exited before it listened: %s", stderr.String())
 		m := startLine.FindStringSubmatch(l)
 		require.NotNil(t, m, "start line: %q", l)
-		d.url, d.ring = m[2], m[4]
+		d.url, d.workers, d.ring = m[2], m[3], m[4]
 	case <-time.After(waitLong):
 		t.Fatalf("the demo printed no start line within %v", waitLong)
 	}
@@ -236,11 +241,42 @@ func TestPurgeRefreshesOnceAndAllAgree(t *testing.T) {
 	assert.ErrorIs(t, err, os.ErrNotExist, "the ring it created is removed on exit")
 }
 
+// --workers 0 starts one worker per CPU, and the start line says how many.
+func TestZeroWorkersMeansOnePerCPU(t *testing.T) {
+	d := startDemo(t, "--workers", "0")
+	assert.Equal(t, strconv.Itoa(runtime.NumCPU()), d.workers)
+}
+
+// The stats snapshots of the first requests (sequence numbers below
+// maxSnaps) are not all evicted at once when the table fills.
+func TestSnapshotsNearTheStartOfTheRing(t *testing.T) {
+	bus, err := events.Open(events.Options{Path: filepath.Join(t.TempDir(), "s.events"), Mode: events.Manual})
+	require.NoError(t, err)
+	defer bus.Close()
+	d := &demo{}
+	d.setup(bus)
+	for seq := uint64(1); seq <= maxSnaps+1; seq++ {
+		d.snapshot(&events.Event{Seq: seq})
+	}
+	_, ok := d.snaps[maxSnaps]
+	assert.True(t, ok, "the previous request's snapshot is kept")
+	assert.GreaterOrEqual(t, len(d.snaps), maxSnaps/2, "recent snapshots are kept")
+	assert.LessOrEqual(t, len(d.snaps), maxSnaps+1, "the table stays bounded")
+}
+
 func TestUsageAndListenErrors(t *testing.T) {
 	out, err := exec.Command(demoBin, "--workers", "-1", "--ring", filepath.Join(t.TempDir(), "x.events")).CombinedOutput()
 	require.Error(t, err)
 	assert.Equal(t, 2, err.(*exec.ExitError).ExitCode())
 	assert.Contains(t, string(out), "Workers is negative")
+
+	ring := filepath.Join(t.TempDir(), "x.events")
+	out, err = exec.Command(demoBin, "--addr", "127.0.0.1:0", "--workers", "66", "--ring", ring).CombinedOutput()
+	require.Error(t, err)
+	assert.Equal(t, 2, err.(*exec.ExitError).ExitCode(), "more workers than the ring has reader slots: %s", out)
+	assert.Contains(t, string(out), "reader slots")
+	_, err = os.Stat(ring)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the ring it created is removed")
 
 	out, err = exec.Command(demoBin, "--addr", "127.0.0.1:99999", "--ring", filepath.Join(t.TempDir(), "x.events")).CombinedOutput()
 	require.Error(t, err)

@@ -60,8 +60,10 @@ func execCmd(stdout io.Writer) *cobra.Command {
 the action NAME with ARGS, then prints, as they arrive, each worker's ack, its output
 and its exit status, and a summary. The pool's master says which workers it expects.
 Exit 1 if a worker did not answer before --timeout, fewer than --min exited, or any
-action exited with a non-zero status; the error names the missing workers.`,
+action exited with a non-zero status; the error names the missing workers.
+ARGS that start with '-' go after "--", or they are taken for flags of exec.`,
 		Example: `  shmctl exec /dev/shm/app.events stats
+  shmctl exec /dev/shm/app.events grep -- -v users
   shmctl exec /dev/shm/app.events purge users --min 4 --timeout 5s --json`,
 		Args: args(cobra.MinimumNArgs(2)),
 		RunE: func(cmd *cobra.Command, a []string) error {

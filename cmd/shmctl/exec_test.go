@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/internal/testproc"
 	"github.com/shmring/shmring/workerpool"
 )
 
@@ -103,6 +104,13 @@ func TestExec(t *testing.T) {
 		assert.Equal(t, "a b c\n", w.Output)
 	}
 
+	// Arguments that look like flags go after "--".
+	out = mustRunTool(t, "exec", path, "echo", "--json", "--", "-n", "x")
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), "one JSON object: %s", out)
+	for _, w := range rep.Workers {
+		assert.Equal(t, "-n x\n", w.Output, "the action got the arguments after --")
+	}
+
 	// Lines as the answers arrive, then a summary.
 	out = mustRunTool(t, "exec", path, "echo", "hello")
 	for _, w := range rep.Workers {
@@ -139,6 +147,9 @@ func TestExec(t *testing.T) {
 	silent := rep.Workers[1]
 	require.NoError(t, syscall.Kill(silent.PID, syscall.SIGSTOP))
 	t.Cleanup(func() { _ = syscall.Kill(silent.PID, syscall.SIGCONT) })
+	// SIGSTOP takes effect asynchronously: a thread still running could
+	// answer the next request.
+	testproc.WaitStopped(t, silent.PID, e2eWait)
 	out, errOut, code = runTool(t, "exec", path, "echo", "x", "--timeout", "1s", "--json")
 	assert.Equal(t, 1, code)
 	name := fmt.Sprintf("worker 1 (pid %d)", silent.PID)

@@ -99,3 +99,31 @@ func (o Owner) Start() uint32 { return uint32(o) }
 
 // Alive reports whether the owner process still runs (see Alive).
 func (o Owner) Alive() bool { return Alive(o.PID(), o.Start()) }
+
+// Stopped reports whether every thread of process pid is stopped by a
+// signal ('T' in /proc/PID/task/TID/stat). SIGSTOP takes effect
+// asynchronously: until Stopped, some threads may still run.
+func Stopped(pid int) (bool, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the thread exited meanwhile
+		}
+		if err != nil {
+			return false, err
+		}
+		state, _, err := parseStat(b)
+		if err != nil {
+			return false, err
+		}
+		if state != 'T' {
+			return false, nil
+		}
+	}
+	return len(tasks) > 0, nil
+}

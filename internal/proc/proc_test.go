@@ -3,7 +3,9 @@ package proc
 import (
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -56,4 +58,25 @@ func TestOwnerWord(t *testing.T) {
 	assert.Equal(t, uint32(0x2345_6789), w.Start())
 	assert.True(t, Self().Alive())
 	assert.Equal(t, os.Getpid(), Self().PID())
+}
+
+func TestStopped(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	require.NoError(t, cmd.Start())
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	stopped, err := Stopped(cmd.Process.Pid)
+	require.NoError(t, err)
+	assert.False(t, stopped, "a sleeping process is not stopped")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))
+	deadline := time.Now().Add(30 * time.Second)
+	for !stopped && time.Now().Before(deadline) {
+		stopped, err = Stopped(cmd.Process.Pid)
+		require.NoError(t, err)
+	}
+	assert.True(t, stopped, "every thread shows 'T' after SIGSTOP")
+	_, err = Stopped(-1)
+	assert.Error(t, err, "no such process")
 }

@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shmring/shmring/internal/proc"
 )
 
 const envRole = "SHMRING_TESTPROC_ROLE"
@@ -220,4 +222,25 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// WaitStopped waits until every thread of process pid is stopped (after a
+// SIGSTOP, which takes effect asynchronously), failing the test if that has
+// not happened within timeout.
+func WaitStopped(t testing.TB, pid int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		stopped, err := proc.Stopped(pid)
+		if err != nil {
+			t.Fatalf("testproc: is pid %d stopped: %v", pid, err)
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testproc: pid %d not stopped within %v", pid, timeout)
+		}
+		time.Sleep(time.Millisecond) // polling /proc, not waiting for an outcome
+	}
 }
