@@ -108,10 +108,10 @@ func produce(send func([]byte) error, spec *childSpec, shared bool) (ProducerRes
 		if period > 0 {
 			due := res.StartNs + int64(seq)*period
 			for ; stamp < due; stamp = Now() {
+				// A goroutine among others yields instead of sleeping:
+				// time.Sleep overshoots by more than a period at 10k/s.
 				switch left := due - stamp; {
-				case shared && left > pacingSpin:
-					time.Sleep(time.Duration(left - pacingSpin))
-				case left > pacingSpin:
+				case left > pacingSpin && !shared:
 					ts := unix.NsecToTimespec(left - pacingSpin)
 					_ = unix.Nanosleep(&ts, nil)
 				case shared:
