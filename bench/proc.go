@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/shmring/shmring/internal/lines"
 )
 
 // The harness runs every side of a scenario in a process of its own: it
@@ -76,15 +77,12 @@ type child struct {
 	role  string
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
+	out   *lines.Buffer
 
+	mu     sync.Mutex
 	stderr bytes.Buffer // written by exec's copier until done is closed
 	done   chan struct{}
 	err    error
-
-	mu      sync.Mutex
-	lines   []string
-	pos     int
-	changed chan struct{}
 }
 
 // startChild starts exe as a child playing role with args; extra become its
@@ -93,10 +91,9 @@ func startChild(exe, role string, args []string, extra ...*os.File) (*child, err
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), envChild+"="+role, fmt.Sprintf("%s_FILES=%d", envChild, len(extra)))
 	cmd.ExtraFiles = extra
-	// The harness's own process group gets a terminal's ^C; the child
-	// does too, and dies with it, which is what a user means.
+	// A child must not outlive the harness, whatever kills it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	c := &child{role: role, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
+	c := &child{role: role, cmd: cmd, out: lines.New(), done: make(chan struct{})}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -108,7 +105,11 @@ func startChild(exe, role string, args []string, extra ...*os.File) (*child, err
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start %s: %w", role, err)
 	}
-	go c.scan(stdout)
+	go func() {
+		c.out.Scan(stdout)
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
 	return c, nil
 }
 
@@ -123,21 +124,6 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (c *child) scan(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	for sc.Scan() {
-		c.mu.Lock()
-		c.lines = append(c.lines, sc.Text())
-		close(c.changed)
-		c.changed = make(chan struct{})
-		c.mu.Unlock()
-	}
-	_, _ = io.Copy(io.Discard, r)
-	c.err = c.cmd.Wait()
-	close(c.done)
-}
-
 func (c *child) stderrText() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -147,32 +133,15 @@ func (c *child) stderrText() string {
 // expect waits up to timeout for a line that starts with prefix and returns
 // the rest of it.
 func (c *child) expect(prefix string, timeout time.Duration) (string, error) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		c.mu.Lock()
-		for ; c.pos < len(c.lines); c.pos++ {
-			if rest, ok := strings.CutPrefix(c.lines[c.pos], prefix); ok {
-				c.pos++
-				c.mu.Unlock()
-				return rest, nil
-			}
-		}
-		changed := c.changed
-		c.mu.Unlock()
-		select {
-		case <-changed:
-		case <-c.done:
-			c.mu.Lock()
-			more := c.pos < len(c.lines)
-			c.mu.Unlock()
-			if !more {
-				return "", fmt.Errorf("bench: %s exited (%v) before saying %q: %s", c.role, c.err, strings.TrimSpace(prefix), c.stderrText())
-			}
-		case <-deadline.C:
-			return "", fmt.Errorf("bench: %s did not say %q within %v: %s", c.role, strings.TrimSpace(prefix), timeout, c.stderrText())
-		}
+	line, err := c.out.Expect(prefix, timeout)
+	switch {
+	case errors.Is(err, lines.ErrEnded):
+		<-c.done // for the exit status
+		return "", fmt.Errorf("bench: %s exited (%v) before saying %q: %s", c.role, c.err, strings.TrimSpace(prefix), c.stderrText())
+	case err != nil:
+		return "", fmt.Errorf("bench: %s did not say %q within %v: %s", c.role, strings.TrimSpace(prefix), timeout, c.stderrText())
 	}
+	return strings.TrimPrefix(line, prefix), nil
 }
 
 // result waits for the child's result and decodes it into v.

@@ -17,16 +17,17 @@ package testproc
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/shmring/shmring/internal/lines"
 	"github.com/shmring/shmring/internal/proc"
 )
 
@@ -64,12 +65,12 @@ func Serve(roles map[string]Role) {
 // WaitStdinClosed blocks the child until the parent closes its Stdin (or
 // dies). Lines written to Stdin before that are returned.
 func WaitStdinClosed() []string {
-	var lines []string
+	var in []string
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		lines = append(lines, sc.Text())
+		in = append(in, sc.Text())
 	}
-	return lines
+	return in
 }
 
 // Proc is a running child.
@@ -81,13 +82,9 @@ type Proc struct {
 	Stdin io.WriteCloser
 
 	stderr *syncBuffer
+	out    *lines.Buffer
 	done   chan struct{}
 	err    error
-
-	mu      sync.Mutex
-	all     []string
-	changed chan struct{} // closed and replaced whenever a line arrives
-	pos     int           // lines before pos were consumed by Expect
 }
 
 // Start starts the test binary as a child running role with args. The child
@@ -104,7 +101,7 @@ func Start(t testing.TB, role string, args ...string) *Proc {
 	if err != nil {
 		t.Fatalf("testproc: stdin pipe: %v", err)
 	}
-	p := &Proc{Stdin: stdin, Role: role, Cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{}), changed: make(chan struct{})}
+	p := &Proc{Stdin: stdin, Role: role, Cmd: cmd, stderr: &syncBuffer{}, out: lines.New(), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("testproc: start %s: %v", role, err)
@@ -123,17 +120,7 @@ func Start(t testing.TB, role string, args ...string) *Proc {
 }
 
 func (p *Proc) scan(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		p.mu.Lock()
-		p.all = append(p.all, line)
-		close(p.changed)
-		p.changed = make(chan struct{})
-		p.mu.Unlock()
-	}
-	_, _ = io.Copy(io.Discard, r)
+	p.out.Scan(r)
 	p.err = p.Cmd.Wait()
 	close(p.done)
 }
@@ -141,32 +128,15 @@ func (p *Proc) scan(r io.Reader) {
 // Expect waits up to timeout for a stdout line that starts with prefix and
 // returns it. Lines before it are skipped (they stay in Lines).
 func (p *Proc) Expect(prefix string, timeout time.Duration) (string, error) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		p.mu.Lock()
-		for ; p.pos < len(p.all); p.pos++ {
-			if line := p.all[p.pos]; strings.HasPrefix(line, prefix) {
-				p.pos++
-				p.mu.Unlock()
-				return line, nil
-			}
-		}
-		changed := p.changed
-		p.mu.Unlock()
-		select {
-		case <-changed:
-		case <-p.done:
-			p.mu.Lock()
-			more := p.pos < len(p.all)
-			p.mu.Unlock()
-			if !more {
-				return "", fmt.Errorf("testproc: %s exited (%v) before printing %q; stderr: %s", p.Role, p.err, prefix, p.Stderr())
-			}
-		case <-deadline.C:
-			return "", fmt.Errorf("testproc: %s printed no %q within %v; stderr: %s", p.Role, prefix, timeout, p.Stderr())
-		}
+	line, err := p.out.Expect(prefix, timeout)
+	switch {
+	case errors.Is(err, lines.ErrEnded):
+		<-p.done // for the exit status
+		return "", fmt.Errorf("testproc: %s exited (%v) before printing %q; stderr: %s", p.Role, p.err, prefix, p.Stderr())
+	case err != nil:
+		return "", fmt.Errorf("testproc: %s printed no %q within %v; stderr: %s", p.Role, prefix, timeout, p.Stderr())
 	}
+	return line, nil
 }
 
 // Wait waits up to timeout for the child to exit and returns its error (with
@@ -198,11 +168,7 @@ func (p *Proc) Kill() bool {
 func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
 
 // Lines returns every stdout line printed so far.
-func (p *Proc) Lines() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.all...)
-}
+func (p *Proc) Lines() []string { return p.out.All() }
 
 // Stderr returns what the child wrote to stderr so far.
 func (p *Proc) Stderr() string { return p.stderr.String() }
