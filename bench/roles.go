@@ -41,20 +41,22 @@ func parseChildSpec(args []string) (*childSpec, error) {
 	return &s, nil
 }
 
-func childTransport(s *childSpec) (*transport, error) {
-	t, ok := transports[s.Transport]
-	if !ok {
-		return nil, fmt.Errorf("unknown transport %q", s.Transport)
+// childTransport parses a producer's or reader's spec and finds its
+// transport.
+func childTransport(args []string) (*childSpec, *transport, error) {
+	spec, err := parseChildSpec(args)
+	if err != nil {
+		return nil, nil, err
 	}
-	return t, nil
+	t, ok := transports[spec.Transport]
+	if !ok {
+		return nil, nil, fmt.Errorf("unknown transport %q", spec.Transport)
+	}
+	return spec, t, nil
 }
 
 func runProducerChild(args []string, extra []*os.File) (any, error) {
-	spec, err := parseChildSpec(args)
-	if err != nil {
-		return nil, err
-	}
-	t, err := childTransport(spec)
+	spec, t, err := childTransport(args)
 	if err != nil {
 		return nil, err
 	}
@@ -151,11 +153,7 @@ func produce(send func([]byte) error, spec *childSpec, shared bool) (ProducerRes
 const pacingSpin = 50_000
 
 func runReaderChild(args []string, extra []*os.File) (any, error) {
-	spec, err := parseChildSpec(args)
-	if err != nil {
-		return nil, err
-	}
-	t, err := childTransport(spec)
+	spec, t, err := childTransport(args)
 	if err != nil {
 		return nil, err
 	}

@@ -59,10 +59,15 @@ type spscRing struct {
 	mask            uint64
 }
 
-func openSPSC(spec *childSpec) (*spscRing, error) {
+// openSPSC opens the ring of the run that args (a child's spec) names.
+func openSPSC(args []string) (*childSpec, *spscRing, error) {
+	spec, err := parseChildSpec(args)
+	if err != nil {
+		return nil, nil, err
+	}
 	region, err := shm.Open(spscPath(spec.Dir), shm.Options{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	_ = region.Prefault() // as the rings' children do
 	ctl := region.Control()
@@ -71,7 +76,7 @@ func openSPSC(spec *childSpec) (*spscRing, error) {
 	for n&(n-1) != 0 {
 		n &= n - 1 // a power of two, for the mask
 	}
-	return &spscRing{
+	return spec, &spscRing{
 		region: region,
 		head:   (*atomic.Uint64)(unsafe.Pointer(&ctl[0])),
 		tail:   (*atomic.Uint64)(unsafe.Pointer(&ctl[128])),
@@ -83,11 +88,7 @@ func openSPSC(spec *childSpec) (*spscRing, error) {
 }
 
 func runSPSCWriter(args []string, _ []*os.File) (any, error) {
-	spec, err := parseChildSpec(args)
-	if err != nil {
-		return nil, err
-	}
-	q, err := openSPSC(spec)
+	spec, q, err := openSPSC(args)
 	if err != nil {
 		return nil, err
 	}
@@ -121,11 +122,7 @@ func runSPSCWriter(args []string, _ []*os.File) (any, error) {
 }
 
 func runSPSCReader(args []string, _ []*os.File) (any, error) {
-	spec, err := parseChildSpec(args)
-	if err != nil {
-		return nil, err
-	}
-	q, err := openSPSC(spec)
+	_, q, err := openSPSC(args)
 	if err != nil {
 		return nil, err
 	}
