@@ -74,3 +74,45 @@ func BenchmarkPost(b *testing.B) {
 		b.Fatalf("handled %d of %d", n, b.N)
 	}
 }
+
+// BenchmarkPollDrain is a reader's cost per event: a poll that reads,
+// decodes and dispatches events of 64 data bytes to one handler, published
+// beforehand by another bus on the same ring (not timed), 1024 at a time.
+func BenchmarkPollDrain(b *testing.B) {
+	path := benchPath(b)
+	reader, err := Open(Options{Path: path, Mode: Manual, Slots: 1 << 16, Size: 16 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reader.Close()
+	writer, err := Open(Options{Path: path, Mode: Manual, Observe: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer writer.Close()
+	n := 0
+	reader.Register(func(*Event) { n++ }, "metrics")
+	data := make([]byte, 64)
+	const batch = 1024
+	b.ReportAllocs()
+	b.ResetTimer()
+	for done := 0; done < b.N; done += batch {
+		b.StopTimer()
+		for range batch {
+			if _, err := writer.Publish("metrics", "tick", data); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		if _, err := reader.Poll(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if n < b.N {
+		b.Fatalf("handled %d of %d", n, b.N)
+	}
+	if st := reader.Stats(); st.Lost != 0 {
+		b.Fatalf("lost %d", st.Lost)
+	}
+}

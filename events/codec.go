@@ -114,6 +114,17 @@ func decode(rec []byte) (wireEvent, error) {
 // poll lock.
 type interner struct {
 	m map[string]string
+	// recent holds the last string seen in each of a few slots, picked by
+	// a cheap hash of the bytes: a stream of events repeats a handful of
+	// sources and names, and a comparison costs less than a map lookup.
+	recent [16]string
+}
+
+func recentSlot(b []byte) int {
+	if len(b) == 0 {
+		return 0
+	}
+	return int(uint(len(b))*31+uint(b[0])*7+uint(b[len(b)-1])) & 15
 }
 
 // maxInterned bounds the interner: a ring fed many distinct names (from a
@@ -121,10 +132,16 @@ type interner struct {
 const maxInterned = 4096
 
 func (in *interner) get(b []byte) string {
-	if s, ok := in.m[string(b)]; ok { // no allocation: the compiler spots the lookup
+	slot := recentSlot(b)
+	if s := in.recent[slot]; s == string(b) { // no allocation for a comparison
+		return s
+	}
+	if s, ok := in.m[string(b)]; ok { // nor for a lookup
+		in.recent[slot] = s
 		return s
 	}
 	s := string(b)
+	in.recent[slot] = s
 	if in.m == nil {
 		in.m = make(map[string]string)
 	}
