@@ -257,7 +257,8 @@ type Bus struct {
 	deferClose atomic.Bool // Close left its teardown to the running poll
 
 	// pollMu is held by whoever reads the ring; dispatching is true while
-	// that holder runs handlers (see Poll).
+	// that holder handles events, from before its first handler call until
+	// it has found the ring empty (see drain and Poll).
 	pollMu      sync.Mutex
 	dispatching atomic.Bool
 	rd          *ring.Reader
@@ -601,9 +602,10 @@ func (b *Bus) PostLocal(source, name string, data []byte) (Result, error) {
 // that long behind a poster that died mid-write.
 //
 // A Poll that finds another running on the bus returns Recursive at once if
-// that one is running handlers (the caller may be one of them; the running
-// poll reads on after its handlers return, so it handles what the caller
-// posted). Otherwise it waits for it and then polls itself.
+// that one is handling events (the caller may be one of its handlers; the
+// running poll reads on until it finds the ring empty after the caller's
+// check, so it handles what the caller posted). Otherwise it waits for it
+// and then polls itself.
 func (b *Bus) Poll() (Result, error) { return b.poll(false) }
 
 func (b *Bus) poll(onPoller bool) (Result, error) {
@@ -614,8 +616,9 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 	if onPoller {
 		b.pollMu.Lock()
 	} else if !b.pollMu.TryLock() {
-		// dispatching is true during every handler call, so a handler of
-		// this bus never sees false here: waiting is safe only then.
+		// dispatching is true during every handler call (and between
+		// the events of one drain), so a handler of this bus never sees
+		// false here: waiting is safe only then.
 		if b.dispatching.Load() {
 			return Recursive, nil
 		}
@@ -640,6 +643,17 @@ func (b *Bus) drain() (err error) {
 	// this bus, not a crash of the process.
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	defer b.mirrorReaderStats()
+	// dispatching is set before the first handler runs and cleared only
+	// once the ring is found empty, then the ring is read once more: a
+	// Poll that saw it set (and returned Recursive) had posted before it
+	// was cleared, so that last read finds its event. One store per run of
+	// events rather than two per event.
+	dispatching := false
+	defer func() {
+		if dispatching {
+			b.dispatching.Store(false)
+		}
+	}()
 	for !b.closed.Load() { // a handler may close the bus
 		rec, err := b.rd.Read()
 		switch {
@@ -649,12 +663,25 @@ func (b *Bus) drain() (err error) {
 			// Stats account for everything up to it.
 			b.cursor.Store(b.rd.Cursor())
 			b.mirrorLoss()
+			if !dispatching {
+				b.dispatching.Store(true) // before any handler runs: see Poll
+				dispatching = true
+			}
 			b.handleRecord(rec)
 			continue
 		case errors.Is(err, ring.ErrEmpty):
 			b.cursor.Store(b.rd.Cursor()) // it may have moved past skipped entries
 			if e := b.local.pop(); e != nil {
+				if !dispatching {
+					b.dispatching.Store(true)
+					dispatching = true
+				}
 				b.dispatch(e)
+				continue
+			}
+			if dispatching {
+				b.dispatching.Store(false) // ordered before the read that follows
+				dispatching = false
 				continue
 			}
 			return nil
@@ -758,10 +785,9 @@ func (b *Bus) anyMatch(e *Event) bool {
 	return false
 }
 
-// dispatch runs e through the handlers registered now.
+// dispatch runs e through the handlers registered now. It runs inside
+// drain, which has set dispatching.
 func (b *Bus) dispatch(e *Event) {
-	b.dispatching.Store(true) // before any handler runs: see Poll
-	defer b.dispatching.Store(false)
 	for _, r := range *b.handlers.Load() {
 		// active is checked per call, so Unregister takes effect for the
 		// next handler call even within this event.
