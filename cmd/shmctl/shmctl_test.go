@@ -271,11 +271,13 @@ func (p *bgProcess) scan(r io.Reader, into *[]string, wg *sync.WaitGroup) {
 	_, _ = io.Copy(io.Discard, r)
 }
 
-// kill sends SIGKILL and waits until the process is reaped.
+// kill sends SIGKILL and waits until the process is reaped. The signal
+// comes before stdin closes: a helper that saw its stdin end first would
+// close its bus cleanly (freeing its reader slot), not die.
 func (p *bgProcess) kill() {
-	_ = p.stdin.Close()
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
+	_ = p.stdin.Close()
 }
 
 // waitLine waits up to timeout for a stdout line, after those already
