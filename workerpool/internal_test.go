@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -215,4 +216,75 @@ func TestGatherWaitsForKnownMastersExpect(t *testing.T) {
 	g.apply(ev(EventExit, execReply{ID: "z", WorkerID: w0}))
 	assert.True(t, g.complete())
 	assert.NoError(t, g.result("a", 1, 0).err(1))
+}
+
+// A request posted after a worker's bus placed its reader at Latest, but
+// before its Setup ran, is read live: it is run, not counted as replayed
+// and skipped. (The ring's head read in Setup was taken as the start of the
+// live requests, and under load a request from another process fell in
+// between now and then.) A bus that starts at Oldest still skips the
+// requests posted before it opened.
+func TestRequestPostedWhileWorkerBusOpensIsRun(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "w.events")
+	poster, err := events.Open(events.Options{Path: path, Observe: true, Mode: events.Manual})
+	require.NoError(t, err)
+	defer poster.Close()
+	post := func(id string) {
+		t.Helper()
+		b, err := json.Marshal(execRequest{ID: id, Action: "run"})
+		require.NoError(t, err)
+		_, err = poster.Publish(Source, EventExec, b)
+		require.NoError(t, err)
+	}
+	post("before-open")
+
+	for _, c := range []struct {
+		name  string
+		start events.StartAt
+	}{{"latest", events.Latest}, {"oldest", events.Oldest}} {
+		t.Run(c.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var ran []string
+			x := &execWorker{
+				ctx: context.Background(), log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				actions: map[string]Action{"run": func(ctx context.Context, _ []string, _ io.Writer) error {
+					return nil
+				}},
+			}
+			window := "window-" + c.name
+			bus, err := events.Open(events.Options{Path: path, Mode: events.Manual, StartAt: c.start, Setup: func(b *events.Bus) {
+				// Another process posts once this bus's reader is placed,
+				// before the worker's Setup reads anything.
+				post(window)
+				x.bus, x.opened = b, joinedAt(b, c.start)
+				b.Register(func(e *events.Event) {
+					var req execRequest
+					if e.JSON(&req) == nil {
+						mu.Lock()
+						ran = append(ran, req.ID)
+						mu.Unlock()
+					}
+					x.handle(e)
+				}, Source, EventExec)
+			}})
+			require.NoError(t, err)
+			defer bus.Close()
+			_, err = bus.Poll()
+			require.NoError(t, err)
+			x.wait()
+			st := (&Worker{exec: x}).Stats()
+			mu.Lock()
+			defer mu.Unlock()
+			switch c.start {
+			case events.Latest:
+				assert.Equal(t, []string{window}, ran, "a bus at Latest reads the request posted as it opened")
+				assert.Equal(t, uint64(1), st.ExecRun, "and runs it")
+				assert.Zero(t, st.ExecReplayed, "a bus at Latest replays nothing")
+			default:
+				assert.Contains(t, ran, "before-open", "a bus at Oldest reads the requests posted before it opened")
+				assert.Positive(t, st.ExecReplayed, "and skips them as replayed")
+				assert.Equal(t, uint64(len(ran)), st.ExecRun+st.ExecReplayed, "every request read was run or skipped")
+			}
+		})
+	}
 }

@@ -91,11 +91,12 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 		opts.StartAt = events.AtSeq(env.start)
 	}
 	userSetup := opts.Setup
+	start := opts.StartAt
 	opts.Setup = func(b *events.Bus) {
 		// Requests before the ring's head at open were posted before this
 		// process joined: a bus that starts at Oldest or resumes a dead
 		// worker's cursor replays them, and they are not for it.
-		ex.bus, ex.opened, ex.start = b, b.Ring().Next(), b.Cursor()
+		ex.bus, ex.opened, ex.start = b, joinedAt(b, start), b.Cursor()
 		// The program's handlers first: one of them may take a snapshot at
 		// an exec request (see ExecSeq) before the action starts.
 		if userSetup != nil {
@@ -136,6 +137,25 @@ func runWorker(ctx context.Context, cfg Config, env workerEnv) error {
 	case <-time.After(cfg.Grace):
 		return fmt.Errorf("%w; Main did not return within %v", ErrMasterGone, cfg.Grace)
 	}
+}
+
+// joinedAt returns, for a worker's bus b in its Setup (nothing read yet)
+// that started reading at start, the first sequence it reads live: exec
+// requests before it were posted before this process joined, and only a
+// bus that starts at Oldest or resumes a dead worker's cursor replays them.
+//
+// A bus that starts at Latest replays nothing: its cursor is the ring's
+// head when its reader was placed. Other processes may post between that
+// moment and Setup, so the head read in Setup can be later; taking it
+// would count requests the worker reads live as replayed, and skip them.
+// For the other starts the head in Setup is the nearest bound there is; a
+// request posted in between is not expected of this process (it is not
+// ready yet), so skipping it is harmless.
+func joinedAt(b *events.Bus, start events.StartAt) uint64 {
+	if start == events.Latest {
+		return b.Cursor()
+	}
+	return b.Ring().Next()
 }
 
 // catchUpMax bounds how long a stopping worker reads the bus to catch up.
@@ -222,7 +242,7 @@ func closeAll[T io.Closer](cs []T) {
 type execWorker struct {
 	ctx     context.Context
 	bus     *events.Bus
-	opened  uint64 // the ring's head when the bus opened: earlier requests are not for this process
+	opened  uint64 // the first sequence the bus reads live (joinedAt): earlier requests are not for this process
 	start   uint64 // where the bus started reading
 	actions map[string]Action
 	index   int
