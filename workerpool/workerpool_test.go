@@ -747,8 +747,18 @@ func TestExecReportsWorkerThatDoesNotAnswer(t *testing.T) {
 	// SIGSTOP takes effect asynchronously: a thread still running could
 	// answer the next request.
 	testproc.WaitStopped(t, silent.PID, waitLong)
-	res, err = pl.exec(t, "ping", nil, workerpool.ExecOptions{Timeout: 2 * time.Second})
-	require.ErrorIs(t, err, workerpool.ErrIncomplete)
+	// The exec waits its whole timeout for the silent worker; the others
+	// and the master's expect must come within it. On a slow machine a
+	// timeout can pass before they do: ask again, with a longer one.
+	deadline := time.Now().Add(waitLong)
+	for timeout := 2 * time.Second; ; timeout = min(2*timeout, waitLong/4) {
+		res, err = pl.exec(t, "ping", nil, workerpool.ExecOptions{Timeout: timeout})
+		require.ErrorIs(t, err, workerpool.ErrIncomplete)
+		if res.Expected != nil && res.Exited() == len(ids)-1 || time.Now().After(deadline) {
+			break
+		}
+		t.Logf("within %v, only %d workers answered (expected: %v); asking again", timeout, res.Exited(), res.Expected)
+	}
 	assert.Contains(t, err.Error(), silent.String(), "the error names the silent worker")
 	assert.Equal(t, ids, res.Expected, "the master expected all three")
 	assert.Equal(t, []workerpool.WorkerID{silent}, res.Missing)
