@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -26,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/internal/lines"
 	"github.com/shmring/shmring/shm"
 )
 
@@ -200,15 +200,11 @@ func assertKeys(t *testing.T, m map[string]any, what string, keys ...string) {
 
 // bgProcess is a child process whose output lines are collected as they come.
 type bgProcess struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-
-	mu      sync.Mutex
-	out     []string // stdout lines
-	errOut  []string // stderr lines
-	pos     int      // stdout lines before pos were consumed by waitLine
-	changed chan struct{}
-	done    chan struct{}
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	out    *lines.Buffer // stdout
+	errOut *lines.Buffer // stderr
+	done   chan struct{} // closed once both streams ended and the process is reaped
 }
 
 // startProcess starts name with args; the process is killed and reaped when the
@@ -224,17 +220,14 @@ func startProcess(t *testing.T, env []string, name string, args ...string) *bgPr
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &bgProcess{cmd: cmd, stdin: stdin, changed: make(chan struct{}), done: make(chan struct{})}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go p.scan(stdout, &p.out, &wg)
-	go p.scan(stderr, &p.errOut, &wg)
+	p := &bgProcess{cmd: cmd, stdin: stdin, out: lines.New(), errOut: lines.New(), done: make(chan struct{})}
+	go p.out.Scan(stdout)
+	go p.errOut.Scan(stderr)
 	go func() {
-		wg.Wait()
+		<-p.out.Ended()
+		<-p.errOut.Ended()
 		_ = cmd.Wait()
-		p.mu.Lock()
 		close(p.done)
-		p.mu.Unlock()
 	}()
 	t.Cleanup(p.kill)
 	return p
@@ -257,20 +250,6 @@ func startHelperReader(t *testing.T, path string) *bgProcess {
 	return p
 }
 
-func (p *bgProcess) scan(r io.Reader, into *[]string, wg *sync.WaitGroup) {
-	defer wg.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		p.mu.Lock()
-		*into = append(*into, sc.Text())
-		close(p.changed)
-		p.changed = make(chan struct{})
-		p.mu.Unlock()
-	}
-	_, _ = io.Copy(io.Discard, r)
-}
-
 // kill sends SIGKILL and waits until the process is reaped. The signal
 // comes before stdin closes: a helper that saw its stdin end first would
 // close its bus cleanly (freeing its reader slot), not die.
@@ -283,37 +262,8 @@ func (p *bgProcess) kill() {
 // waitLine waits up to timeout for a stdout line, after those already
 // consumed, that satisfies match; it consumes lines up to it.
 func (p *bgProcess) waitLine(timeout time.Duration, match func(string) bool) (string, bool) {
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		p.mu.Lock()
-		for ; p.pos < len(p.out); p.pos++ {
-			if line := p.out[p.pos]; match(line) {
-				p.pos++
-				p.mu.Unlock()
-				return line, true
-			}
-		}
-		changed := p.changed
-		p.mu.Unlock()
-		select {
-		case <-changed:
-		case <-p.done:
-			// Lines may have arrived just before the end.
-			p.mu.Lock()
-			for ; p.pos < len(p.out); p.pos++ {
-				if line := p.out[p.pos]; match(line) {
-					p.pos++
-					p.mu.Unlock()
-					return line, true
-				}
-			}
-			p.mu.Unlock()
-			return "", false
-		case <-timer.C:
-			return "", false
-		}
-	}
+	line, err := p.out.Next(match, timeout)
+	return line, err == nil
 }
 
 // waitAnyLine is waitLine over stdout and stderr together, consuming nothing.
@@ -321,43 +271,35 @@ func (p *bgProcess) waitAnyLine(timeout time.Duration, match func(string) bool) 
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
-		p.mu.Lock()
-		for _, l := range append(append([]string(nil), p.out...), p.errOut...) {
+		// The channels before the lines: a line in between closes them.
+		outChanged, errChanged := p.out.Changed(), p.errOut.Changed()
+		ended := false
+		select {
+		case <-p.done: // every line is in: this is the last look
+			ended = true
+		default:
+		}
+		for _, l := range append(p.out.All(), p.errOut.All()...) {
 			if match(l) {
-				p.mu.Unlock()
 				return l, true
 			}
 		}
-		changed := p.changed
-		p.mu.Unlock()
-		select {
-		case <-changed:
-		case <-p.done:
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			for _, l := range append(append([]string(nil), p.out...), p.errOut...) {
-				if match(l) {
-					return l, true
-				}
-			}
+		if ended {
 			return "", false
+		}
+		select {
+		case <-outChanged:
+		case <-errChanged:
+		case <-p.done:
 		case <-timer.C:
 			return "", false
 		}
 	}
 }
 
-func (p *bgProcess) stdoutLines() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.out...)
-}
+func (p *bgProcess) stdoutLines() []string { return p.out.All() }
 
-func (p *bgProcess) stderrText() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return strings.Join(p.errOut, "\n")
-}
+func (p *bgProcess) stderrText() string { return strings.Join(p.errOut.All(), "\n") }
 
 // ---------------------------------------------------------------------------
 // Rings and buses.

@@ -58,6 +58,15 @@ func (b *Buffer) Scan(r io.Reader) {
 // Ended is closed once the stream has ended and every line is in.
 func (b *Buffer) Ended() <-chan struct{} { return b.ended }
 
+// Changed returns a channel that is closed when the next line arrives: for
+// a caller that waits on several Buffers at once. Take it before looking at
+// All, so that a line arriving in between is not missed.
+func (b *Buffer) Changed() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.changed
+}
+
 // Next waits up to timeout for a line, after those consumed, that match
 // accepts, and consumes the lines up to it. It fails with ErrEnded or
 // ErrTimeout.

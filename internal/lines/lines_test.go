@@ -44,3 +44,23 @@ func TestTimeoutAndLongLines(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, line, 1<<20)
 }
+
+func TestChangedClosesOnTheNextLine(t *testing.T) {
+	r, w := io.Pipe()
+	defer w.Close()
+	b := New()
+	go b.Scan(r)
+	changed := b.Changed()
+	select {
+	case <-changed:
+		t.Fatal("closed before any line")
+	default:
+	}
+	go io.WriteString(w, "one\n")
+	select {
+	case <-changed:
+	case <-time.After(time.Minute):
+		t.Fatal("not closed by a line")
+	}
+	assert.Equal(t, []string{"one"}, b.All())
+}
