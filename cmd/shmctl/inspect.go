@@ -180,13 +180,8 @@ func infoCmd(stdout io.Writer) *cobra.Command {
 		Short: "Show a ring's geometry, position, counters and live unique keys",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			r, err := openRing(a[0])
-			if err != nil {
-				return err
-			}
-			defer r.Close()
 			var info Info
-			if err := guard(a[0], func() (err error) { info, err = inspect(r, readerRows(r)); return err }); err != nil {
+			if err := readRing(a[0], func(r *ring.Ring) (err error) { info, err = inspect(r, readerRows(r)); return err }); err != nil {
 				return err
 			}
 			if asJSON {
@@ -229,13 +224,8 @@ func readersCmd(stdout io.Writer) *cobra.Command {
 		Short: "List the readers registered on a ring (dead ones marked)",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			r, err := openRing(a[0])
-			if err != nil {
-				return err
-			}
-			defer r.Close()
 			var rows []ReaderRow
-			if err := guard(a[0], func() error { rows = readerRows(r); return nil }); err != nil {
+			if err := readRing(a[0], func(r *ring.Ring) error { rows = readerRows(r); return nil }); err != nil {
 				return err
 			}
 			if asJSON {
