@@ -26,6 +26,17 @@ func openRing(path string) (*ring.Ring, error) {
 	return ring.New(region), nil
 }
 
+// readRing opens the ring at path, runs read on it with memory faults
+// turned into errors (guard), and closes it.
+func readRing(path string, read func(*ring.Ring) error) error {
+	r, err := openRing(path)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return guard(path, func() error { return read(r) })
+}
+
 // Info is what `info --json` prints, and /status serves as "info".
 type Info struct {
 	Path       string       `json:"path"`

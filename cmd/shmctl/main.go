@@ -95,17 +95,6 @@ func guard(path string, f func() error) (err error) {
 	return f()
 }
 
-// readRing opens the ring at path, runs read on it with memory faults
-// turned into errors (guard), and closes it.
-func readRing(path string, read func(*ring.Ring) error) error {
-	r, err := openRing(path)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	return guard(path, func() error { return read(r) })
-}
-
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
 
 // args wraps a cobra argument check so that its failure is a usage error.
