@@ -356,6 +356,26 @@ type readyMsg struct {
 	Start                  uint64
 }
 
+// reloadedMsg mirrors the fields of the "reloaded" event the tests read.
+type reloadedMsg struct {
+	Workers  int
+	Duration time.Duration
+	Aborted  bool
+}
+
+// reload sends the master SIGHUP and returns its "reloaded" event, which
+// must not say the reload was abandoned.
+func (pl *pool) reload(t *testing.T) reloadedMsg {
+	t.Helper()
+	require.NoError(t, syscall.Kill(pl.pid, syscall.SIGHUP))
+	e, err := pl.watch.next(workerpool.EventReloaded, nil, 2*waitLong)
+	require.NoError(t, err)
+	var rl reloadedMsg
+	require.NoError(t, e.JSON(&rl))
+	require.False(t, rl.Aborted)
+	return rl
+}
+
 func publishTest(t *testing.T, bus *events.Bus, from, n int) []uint64 {
 	t.Helper()
 	seqs := make([]uint64, n)
@@ -529,18 +549,9 @@ func TestReloadUnderLoadLosesNoRequest(t *testing.T) {
 	waitCount(100, "before the reload")
 	before := ok.Load()
 	begin := time.Now()
-	require.NoError(t, syscall.Kill(pl.pid, syscall.SIGHUP))
-	e, err := pl.watch.next(workerpool.EventReloaded, nil, 2*waitLong)
-	require.NoError(t, err)
+	rl := pl.reload(t)
 	took := time.Since(begin)
 	during := ok.Load() - before
-	var rl struct {
-		Workers  int
-		Duration time.Duration
-		Aborted  bool
-	}
-	require.NoError(t, e.JSON(&rl))
-	require.False(t, rl.Aborted)
 	assert.Equal(t, 2, rl.Workers)
 	waitCount(ok.Load()+failed.Load()+100, "after the reload")
 	close(stop)
@@ -685,16 +696,7 @@ func TestIdlePoolReloadsAndStopsWithoutKills(t *testing.T) {
 	pl := startPool(t, poolArgs{Workers: 4, Listen: true, Grace: stopGrace})
 	pl.waitReady(t, 4)
 	for i := range 2 {
-		require.NoError(t, syscall.Kill(pl.pid, syscall.SIGHUP))
-		e, err := pl.watch.next(workerpool.EventReloaded, nil, 2*waitLong)
-		require.NoError(t, err, "reload %d", i+1)
-		var rl struct {
-			Workers  int
-			Duration time.Duration
-			Aborted  bool
-		}
-		require.NoError(t, e.JSON(&rl))
-		require.False(t, rl.Aborted)
+		rl := pl.reload(t)
 		t.Logf("reload %d of 4 idle workers took %v", i+1, rl.Duration)
 	}
 	begin := time.Now()
