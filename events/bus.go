@@ -851,13 +851,18 @@ func (b *Bus) run() {
 			case <-tick.C:
 			}
 		case Spin:
-			// Watch the claim counter with plain loads until it moves:
-			// the cheapest way to notice an event, and the one line
-			// producers write anyway.
-			for i := 1; b.cursor.Load() >= b.ring.Next(); i++ {
+			// Watch the index word of the next event with plain loads: it
+			// turns ready with the event's commit, and the line it brings
+			// in is the one the poll needs first. Now and then look at the
+			// claim counter too, so that an entry claimed and never
+			// committed is polled, and abandoned after WaitMax.
+			for i := 1; !b.ring.Ready(b.cursor.Load()); i++ {
 				if i%1024 == 0 {
 					if b.ctx.Err() != nil {
 						return
+					}
+					if b.cursor.Load() < b.ring.Next() {
+						break
 					}
 					runtime.Gosched()
 				}

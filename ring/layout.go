@@ -198,6 +198,18 @@ func (f *wordFormat) position(w, dataTail uint64) uint64 {
 	return dataTail - (dataTail-w)&f.posMask
 }
 
+// near guesses the full position of word w's record as the one nearest to
+// ref, the position of a record read just before it: records of adjacent
+// sequence numbers lie close together. It is only a guess: a reader checks
+// it against position() with a dataTail loaded after the copy.
+func (f *wordFormat) near(w, ref uint64) uint64 {
+	d := (w - ref) & f.posMask
+	if d > f.posMask>>1 {
+		return ref - (f.posMask + 1 - d) // w lies behind ref
+	}
+	return ref + d
+}
+
 // seqMix folds a record's sequence number into its checksum, so that bytes
 // that belong to another record never verify under this one.
 func seqMix(seq uint64) uint32 {

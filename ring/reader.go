@@ -121,6 +121,14 @@ type Reader struct {
 	pendingSince time.Time
 	pendingSet   bool
 
+	// ref is the data-ring position of the last record copied, from which
+	// the next one's is guessed (wordFormat.near) without loading
+	// dataTail: that load, a cache miss whenever a producer has just
+	// claimed, then happens after the copy, where verifyBatch needs it
+	// anyway and where it overlaps the copy's own misses.
+	ref     uint64
+	haveRef bool
+
 	slot      *readerSlot // nil when Unregistered
 	slotOwner uint64      // the owner word we claimed the slot with
 	slotIndex int
@@ -291,7 +299,6 @@ func (rd *Reader) fill() (err error) {
 	// A file truncated under the mapping raises SIGBUS on access; turn
 	// that into an error for this reader instead of a crash of the process.
 	defer RecoverFault(debug.SetPanicOnFault(true), &err)
-	r := rd.ring
 	rd.next = 0
 	rd.fills++
 	if rd.slot != nil && rd.fills%64 == 0 {
@@ -302,22 +309,9 @@ func (rd *Reader) fill() (err error) {
 		// verifyBatch must not leave the arena full for the next one.
 		rd.recs = rd.recs[:0]
 		rd.arena = rd.arena[:0]
-		// Acquire: pairs with the producers' fetch-add; every sequence below
-		// tail has been claimed. Read once per batch, not per record.
-		tail := r.ctl.seqTail.Load()
-		if rd.cursor >= tail {
-			rd.stats.add(rd.skip)
-			rd.skip = ReaderStats{}
-			return ErrEmpty
-		}
-		if n := uint64(len(r.index)); tail-rd.cursor > n {
-			// Lapped: everything older than tail-n has been overwritten.
-			rd.skip.Lost += tail - n - rd.cursor
-			rd.cursor = tail - n
-		}
-		pending := rd.copyBatch(tail)
-		if len(rd.recs) > 0 {
-			rd.verifyBatch()
+		stop := rd.copyBatch()
+		if len(rd.recs) > 0 && rd.verifyBatch() {
+			stop = stopRetry
 		}
 		if len(rd.recs) > 0 {
 			rd.trailing, rd.skip = rd.skip, ReaderStats{}
@@ -327,12 +321,26 @@ func (rd *Reader) fill() (err error) {
 		// Nothing buffered: the cursor is past everything skipped.
 		rd.stats.add(rd.skip)
 		rd.skip = ReaderStats{}
-		if pending {
+		switch stop {
+		case stopEmpty:
+			return ErrEmpty
+		case stopPending:
 			return ErrPending
 		}
-		// Everything examined was skipped (lost, abandoned, corrupt): go on.
+		// Everything examined was skipped (lost, abandoned, corrupt), or a
+		// guessed position was wrong: go on.
 	}
 }
+
+// batchStop says why copyBatch stopped.
+type batchStop int
+
+const (
+	stopFull    batchStop = iota // the batch is full, or a record was copied and the next is not ready
+	stopEmpty                    // nothing is claimed past the cursor
+	stopPending                  // the entry at the cursor is claimed but not committed
+	stopRetry                    // verifyBatch cut the batch short: read on from the cursor
+)
 
 // RecoverFault restores the goroutine's panic-on-fault setting and turns a
 // memory fault into ErrFault. Other panics go on. Defer it, for code that
@@ -352,28 +360,35 @@ func RecoverFault(old bool, err *error) {
 	panic(p)
 }
 
-// copyBatch copies committed records from the cursor up to tail into the
-// arena. It reports whether it stopped at an incomplete entry.
-func (rd *Reader) copyBatch(tail uint64) (pending bool) {
+// copyBatch copies committed records from the cursor into the arena, up to
+// the first entry that is not ready, and says why it stopped.
+//
+// It reads the index words first and the claim counters only when it must:
+// seqTail to tell an empty ring from a pending entry, or to measure a lap;
+// dataTail when it has no earlier position to guess from. Each of those is
+// a cache miss while producers are busy, and a reader woken for one record
+// would otherwise take them before it could deliver it.
+func (rd *Reader) copyBatch() batchStop {
 	r := rd.ring
 	f := &r.fmt
 	c := rd.cursor
 	defer func() { rd.cursor = c }()
-	var dataTail uint64
-	haveDataTail := false
-	for c < tail && len(rd.recs) < cap(rd.recs) && len(rd.arena) < arenaSoftCap {
+	for len(rd.recs) < cap(rd.recs) && len(rd.arena) < arenaSoftCap {
 		e := &r.index[c&r.indexMask].word
 		// Acquire: pairs with the commit CAS in Ring.commit; the record's
 		// bytes written before it are visible once we see committed.
 		w := e.Load()
 		switch {
 		case f.tag(w) == f.tagOf(c, stateCommitted):
-			if !haveDataTail {
-				// Acquire, after seqTail: every record below tail has its
-				// bytes below this, less than 2^P bytes back (layout.go).
-				dataTail, haveDataTail = r.ctl.dataTail.Load(), true
+			var pos uint64
+			if rd.haveRef {
+				pos = f.near(w, rd.ref) // checked by verifyBatch
+			} else {
+				// Acquire, after the word: seq c is claimed, so its bytes
+				// lie below this, less than 2^P bytes back (layout.go).
+				pos = f.position(w, r.ctl.dataTail.Load())
 			}
-			pos := f.position(w, dataTail)
+			rd.ref, rd.haveRef = pos, true
 			start := pos & r.dataMask
 			// Bounded before it sizes the copy; whether a bad length is
 			// damage or overwritten bytes, verifyBatch decides.
@@ -393,22 +408,57 @@ func (rd *Reader) copyBatch(tail uint64) (pending bool) {
 			rd.skip.Abandoned++
 			c++
 		case w != 0 && f.later(w, c):
-			// A later lap reused the entry before we got to it.
+			// A later lap reused the entry before we got to it, so c is
+			// claimed: a seqTail that says otherwise is damage, and
+			// there is nothing to read here.
+			if c >= r.ctl.seqTail.Load() { // acquire, after the word
+				if len(rd.recs) > 0 {
+					return stopFull
+				}
+				return stopEmpty
+			}
+			if rd.lapped(&c) {
+				continue
+			}
 			rd.skip.Lost++
 			c++
 		default:
-			// Claimed (c < tail) but not committed: the word is still an
-			// earlier lap's, or zero.
+			// Not committed: the word is still an earlier lap's, or zero.
 			if len(rd.recs) > 0 {
-				return true // deliver what we have first
+				return stopFull // deliver what we have first
 			}
+			// Acquire, after the word: pairs with the producers' fetch-add.
+			if c >= r.ctl.seqTail.Load() {
+				return stopEmpty
+			}
+			if rd.lapped(&c) {
+				continue
+			}
+			// Claimed but not committed.
 			if !rd.giveUp(c, e, w) {
-				return true
+				return stopPending
 			}
 			c++
 		}
 	}
-	return false
+	return stopFull
+}
+
+// lapped moves *c to the oldest entry the index can still hold, counting
+// the sequence numbers it jumps over as lost, if producers have claimed more
+// than a whole index past it. It reports whether it moved.
+func (rd *Reader) lapped(c *uint64) bool {
+	r := rd.ring
+	// Acquire: pairs with the producers' fetch-add; every sequence below
+	// tail has been claimed.
+	tail, n := r.ctl.seqTail.Load(), uint64(len(r.index))
+	if tail <= *c || tail-*c <= n {
+		return false
+	}
+	// Everything older than tail-n has been overwritten.
+	rd.skip.Lost += tail - n - *c
+	*c = tail - n
+	return true
 }
 
 // giveUp decides whether the incomplete entry for seq c has been waited for
@@ -459,8 +509,10 @@ func (rd *Reader) notePending(c uint64) time.Time {
 }
 
 // verifyBatch drops the copied records whose bytes may have been overwritten
-// while they were copied, or that fail their checks.
-func (rd *Reader) verifyBatch() {
+// while they were copied, or that fail their checks. If a record's position
+// was guessed wrong, it keeps only the records before it, moves the cursor
+// back to it and reports true: the next pass reads it again.
+func (rd *Reader) verifyBatch() (cut bool) {
 	r := rd.ring
 	// Acquire, after the copies: producers claim bytes (fetch-add on
 	// dataTail) before they write them, so a record whose first byte is
@@ -469,6 +521,16 @@ func (rd *Reader) verifyBatch() {
 	kept := rd.recs[:0]
 	var carry ReaderStats // skips of dropped records, for the next kept one
 	for _, b := range rd.recs {
+		if r.fmt.position(b.pos, dataTail) != b.pos {
+			// The guess from the previous record's position was wrong:
+			// the bytes copied are another record's. Everything from here
+			// on is read again, with the position from dataTail.
+			rd.cursor, rd.haveRef = b.seq, false
+			carry.add(b.skipped)
+			rd.recs = kept
+			rd.skip = carry // the skips after b are found again
+			return true
+		}
 		carry.add(b.skipped)
 		if dataTail-b.pos > r.dataSize {
 			carry.Lost++
@@ -495,6 +557,7 @@ func (rd *Reader) verifyBatch() {
 	// Drops after the last kept record come before anything skipped after it.
 	carry.add(rd.skip)
 	rd.skip = carry
+	return false
 }
 
 // Wait blocks until Read has something to return, ctx ends, or timeout
@@ -582,7 +645,9 @@ func (rd *Reader) WaitNext(ctx context.Context, seq uint64, timeout time.Duratio
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
-	ready := func() bool { return r.ctl.seqTail.Load() > seq } // acquire: pairs with the producers' fetch-add
+	// The index word first: once the record is committed, the line it
+	// brings in is the one the read that follows needs.
+	ready := func() bool { return r.Ready(seq) || r.ctl.seqTail.Load() > seq } // acquire: pairs with the producers' fetch-add
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -686,19 +751,31 @@ const (
 func (rd *Reader) peek() peekState {
 	r := rd.ring
 	c := rd.cursor
-	tail := r.ctl.seqTail.Load() // acquire: pairs with the producers' fetch-add
-	if c >= tail {
-		return peekEmpty
-	}
-	if tail-c > uint64(len(r.index)) {
-		return peekReady // lapped: Read counts the loss
-	}
-	w := r.index[c&r.indexMask].word.Load() // acquire: pairs with the commit CAS
-	f := &r.fmt
-	if t := f.tag(w); t == f.tagOf(c, stateCommitted) || t == f.tagOf(c, stateAbandoned) || (w != 0 && f.later(w, c)) {
+	if r.Ready(c) {
 		return peekReady
 	}
+	tail := r.ctl.seqTail.Load() // acquire, after the word: pairs with the producers' fetch-add
+	switch {
+	case c >= tail:
+		return peekEmpty
+	case tail-c > uint64(len(r.index)):
+		return peekReady // lapped: Read counts the loss
+	}
 	return peekPending
+}
+
+// Ready reports whether the entry for seq is settled: committed, abandoned,
+// or reused by a later lap, so that a reader at seq has a record to return
+// or a loss to count. It loads one index word and neither claim counter:
+// the cheapest check to spin on, and when it turns true the line it loaded
+// is the one a read of seq needs. An entry claimed but not committed is not
+// ready; a caller that spins on Ready should also look at Next now and
+// then, and read, so that a dead producer's entry is abandoned in time.
+func (r *Ring) Ready(seq uint64) bool {
+	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS
+	f := &r.fmt
+	t := f.tag(w)
+	return t == f.tagOf(seq, stateCommitted) || t == f.tagOf(seq, stateAbandoned) || (w != 0 && f.later(w, seq))
 }
 
 func minPositive(a, b time.Duration) time.Duration {

@@ -163,6 +163,42 @@ func TestDataOverwriteCountsExactLoss(t *testing.T) {
 	assert.Equal(t, uint64(19), got[len(got)-1].Seq)
 }
 
+// A reader guesses each record's position from the last one it read. After
+// producers have written more than half the position space past that, the
+// guess is wrong; the reader must notice, read the record again from its
+// true position, and count nothing twice.
+func TestWrongPositionGuessIsReadAgain(t *testing.T) {
+	g := shm.Geometry{IndexSlots: 16, DataBytes: 4096, MaxRecord: 64}
+	r := openTestRing(t, g)
+	rd := newTestReader(t, r, ReaderOptions{Start: AtSeq(0)})
+	_, err := r.Append(payload(0, 64))
+	require.NoError(t, err)
+	require.Len(t, drain(t, rd), 1)
+	require.True(t, rd.haveRef)
+	ref := rd.ref
+
+	// Write just over half the position space, in 64-byte records.
+	half := uint64(1) << (g.PositionBits() - 1)
+	n := int(half/(64+hdrSize)) + 40
+	for i := 1; i <= n; i++ {
+		_, err := r.Append(payload(i, 64))
+		require.NoError(t, err)
+	}
+	oldest := r.Next() - 16
+	w := r.index[oldest&r.indexMask].word.Load()
+	truePos := r.fmt.position(w, r.ctl.dataTail.Load())
+	require.NotEqual(t, truePos, r.fmt.near(w, ref), "the test must make the guess wrong")
+
+	got := drain(t, rd)
+	require.Len(t, got, 16)
+	for _, rec := range got {
+		assert.Equal(t, payload(int(rec.Seq), 64), rec.Data)
+	}
+	assert.Equal(t, oldest, got[0].Seq)
+	assert.Equal(t, ReaderStats{Received: 17, Lost: oldest - 1}, rd.Stats())
+	assert.Equal(t, r.Next(), rd.Cursor())
+}
+
 func TestStartPositions(t *testing.T) {
 	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 1 << 16})
 	for i := 0; i < 40; i++ {
