@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"runtime/debug"
 	"sync/atomic"
@@ -90,13 +89,16 @@ type ReaderStats struct {
 	Corrupt   uint64 // entries that failed their bounds or checksum checks
 }
 
+// batchRecord is a buffered record: 32 bytes, so that copying, checking and
+// delivering a batch moves little memory. What was skipped just before it,
+// rare, is kept apart in Reader.skipped.
 type batchRecord struct {
-	skipped ReaderStats // sequence numbers skipped just before this record
 	seq     uint64
 	pos     uint64 // data-ring position, for the overwrite check
 	off     int    // offset in the arena: of the header, then (verified) of the payload
 	length  uint32
 	badLen  bool // the header's length exceeds MaxRecord: nothing was copied
+	skipped bool // Reader.skipped at the same index holds what was skipped just before it
 }
 
 // Reader reads a Ring from one goroutine at a time. Each process may have any
@@ -108,7 +110,10 @@ type Reader struct {
 	cursor uint64 // next sequence to examine (past the buffered batch)
 	arena  []byte
 	recs   []batchRecord
-	next   int // next buffered record to deliver
+	// skipped[i] is what was skipped just before recs[i], where
+	// recs[i].skipped says so; allocated at the first skip.
+	skipped []ReaderStats
+	next    int // next buffered record to deliver
 
 	stats ReaderStats
 	// skip gathers what the refill under way skipped; each skip is moved to
@@ -266,7 +271,7 @@ func (rd *Reader) Read() (Record, error) {
 	// The cursor moves to the next buffered record (or past the batch):
 	// count what is skipped on the way.
 	if rd.next < len(rd.recs) {
-		rd.stats.add(rd.recs[rd.next].skipped)
+		rd.addSkipped(rd.next)
 	} else {
 		rd.stats.add(rd.trailing)
 		rd.trailing = ReaderStats{}
@@ -315,7 +320,7 @@ func (rd *Reader) fill() (err error) {
 		}
 		if len(rd.recs) > 0 {
 			rd.trailing, rd.skip = rd.skip, ReaderStats{}
-			rd.stats.add(rd.recs[0].skipped) // the cursor is at the first record
+			rd.addSkipped(0) // the cursor is at the first record
 			return nil
 		}
 		// Nothing buffered: the cursor is past everything skipped.
@@ -394,15 +399,15 @@ func (rd *Reader) copyBatch() batchStop {
 			// damage or overwritten bytes, verifyBatch decides.
 			length := binary.LittleEndian.Uint32(r.data[start:])
 			if length > r.maxRecord {
-				rd.recs = append(rd.recs, batchRecord{skipped: rd.skip, seq: c, pos: pos, badLen: true})
-				rd.skip = ReaderStats{}
+				rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, badLen: true})
+				rd.takeSkip()
 				c++
 				continue
 			}
 			off := len(rd.arena)
 			rd.arena = append(rd.arena, r.data[start:start+hdrSize+uint64(length)]...)
-			rd.recs = append(rd.recs, batchRecord{skipped: rd.skip, seq: c, pos: pos, off: off, length: length})
-			rd.skip = ReaderStats{}
+			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length})
+			rd.takeSkip()
 			c++
 		case f.tag(w) == f.tagOf(c, stateAbandoned):
 			rd.skip.Abandoned++
@@ -508,6 +513,33 @@ func (rd *Reader) notePending(c uint64) time.Time {
 	return rd.pendingSince
 }
 
+// takeSkip moves what was skipped before the record just appended to the
+// batch into its place in skipped.
+func (rd *Reader) takeSkip() {
+	if rd.skip != (ReaderStats{}) {
+		i := len(rd.recs) - 1
+		rd.setSkipped(i, &rd.recs[i], rd.skip)
+		rd.skip = ReaderStats{}
+	}
+}
+
+// setSkipped records s as what was skipped before b, buffered at index i.
+func (rd *Reader) setSkipped(i int, b *batchRecord, s ReaderStats) {
+	if rd.skipped == nil {
+		rd.skipped = make([]ReaderStats, cap(rd.recs))
+	}
+	b.skipped = true
+	rd.skipped[i] = s
+}
+
+// addSkipped counts what was skipped before buffered record i: the cursor
+// has moved to it.
+func (rd *Reader) addSkipped(i int) {
+	if rd.recs[i].skipped {
+		rd.stats.add(rd.skipped[i])
+	}
+}
+
 // verifyBatch drops the copied records whose bytes may have been overwritten
 // while they were copied, or that fail their checks. If a record's position
 // was guessed wrong, it keeps only the records before it, moves the cursor
@@ -520,18 +552,20 @@ func (rd *Reader) verifyBatch() (cut bool) {
 	dataTail := r.ctl.dataTail.Load()
 	kept := rd.recs[:0]
 	var carry ReaderStats // skips of dropped records, for the next kept one
-	for _, b := range rd.recs {
+	for i := range rd.recs {
+		b := &rd.recs[i]
+		if b.skipped {
+			carry.add(rd.skipped[i])
+		}
 		if r.fmt.position(b.pos, dataTail) != b.pos {
 			// The guess from the previous record's position was wrong:
 			// the bytes copied are another record's. Everything from here
 			// on is read again, with the position from dataTail.
 			rd.cursor, rd.haveRef = b.seq, false
-			carry.add(b.skipped)
 			rd.recs = kept
 			rd.skip = carry // the skips after b are found again
 			return true
 		}
-		carry.add(b.skipped)
 		if dataTail-b.pos > r.dataSize {
 			carry.Lost++
 			continue
@@ -545,13 +579,19 @@ func (rd *Reader) verifyBatch() (cut bool) {
 		hdr := rd.arena[b.off : b.off+hdrSize]
 		payload := rd.arena[b.off+hdrSize : b.off+hdrSize+int(b.length)]
 		if binary.LittleEndian.Uint32(hdr) != b.length ||
-			crc32.Checksum(payload, castagnoli)^seqMix(b.seq) != binary.LittleEndian.Uint32(hdr[4:]) {
+			recordSum(payload)^seqMix(b.seq) != binary.LittleEndian.Uint32(hdr[4:]) {
 			carry.Corrupt++
 			continue
 		}
 		b.off += hdrSize
-		b.skipped, carry = carry, ReaderStats{}
-		kept = append(kept, b)
+		// kept is at most as long as the records examined: index
+		// len(kept) of skipped has been read already.
+		b.skipped = false
+		if carry != (ReaderStats{}) {
+			rd.setSkipped(len(kept), b, carry)
+			carry = ReaderStats{}
+		}
+		kept = append(kept, *b)
 	}
 	rd.recs = kept
 	// Drops after the last kept record come before anything skipped after it.

@@ -16,7 +16,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -47,8 +46,6 @@ var (
 	// ErrClosed: the ring or reader is closed. It is shm.ErrClosed (os.ErrClosed).
 	ErrClosed = shm.ErrClosed
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Ring is one process's handle on a shared ring. Its append methods may be
 // called from many goroutines at once.
@@ -177,13 +174,13 @@ func (r *Ring) Append(p []byte) (uint64, error) {
 		return 0, ErrAbandoned
 	}
 	r.put(pos, p)
-	crc := crc32.Checksum(p, castagnoli)
+	sum := recordSum(p)
 	// Claim the sequence number: from here readers know the record exists.
 	seq := r.ctl.seqTail.Add(1) - 1
 	// A reader asleep on an empty ring must learn of the claim too: if this
 	// producer dies before its commit, nobody else would wake it.
 	r.wake()
-	err := r.commit(seq, pos, crc)
+	err := r.commit(seq, pos, sum)
 	r.wake()
 	return seq, err
 }
@@ -212,7 +209,7 @@ func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
 	}
 	buf := (*bufp)[:n]
 	fill(buf)
-	crc := crc32.Checksum(buf, castagnoli)
+	sum := recordSum(buf)
 	un := uint64(n) + hdrSize
 	pos := r.ctl.dataTail.Add(un) - un // pairs with the dataTail loads in Reader.fill
 	if r.stale(pos) {
@@ -223,7 +220,7 @@ func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
 	// A reader asleep on an empty ring must learn of the claim too: if this
 	// producer dies before its commit, nobody else would wake it.
 	r.wake()
-	err := r.commit(seq, pos, crc)
+	err := r.commit(seq, pos, sum)
 	r.wake()
 	return seq, err
 }
@@ -256,11 +253,11 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 		return 0, fmt.Errorf("%d records: %w", len(recs), ErrAbandoned)
 	}
 	var stack [64]uint32
-	crcs := stack[:0] // grows onto the heap only for batches over 64
+	sums := stack[:0] // grows onto the heap only for batches over 64
 	p0 := pos
 	for _, p := range recs {
 		r.put(p0, p)
-		crcs = append(crcs, crc32.Checksum(p, castagnoli))
+		sums = append(sums, recordSum(p))
 		p0 += uint64(len(p)) + hdrSize
 	}
 	k := uint64(len(recs))
@@ -268,7 +265,7 @@ func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
 	r.wake() // see Append
 	failed := 0
 	for i, p := range recs {
-		if r.commit(first+uint64(i), pos, crcs[i]) != nil {
+		if r.commit(first+uint64(i), pos, sums[i]) != nil {
 			failed++
 		}
 		pos += uint64(len(p)) + hdrSize
@@ -291,7 +288,7 @@ func (r *Ring) tooBig(n int) error {
 // damage their newer records. The record is dropped (counted as a late
 // commit) before it gets a sequence number, so no reader waits for it. A
 // producer paused between this check and its copy can still damage a newer
-// record; readers that copy it afterwards then fail its CRC and count it
+// record; readers that copy it afterwards then fail its checksum and count it
 // corrupt.
 func (r *Ring) stale(pos uint64) bool {
 	if r.ctl.dataTail.Load()-pos <= r.dataSize { // snapshot; orders nothing
@@ -303,7 +300,7 @@ func (r *Ring) stale(pos uint64) bool {
 
 // commit writes the checksum of the record at pos, which holds seq's bytes,
 // and publishes it with one CAS on seq's index word.
-func (r *Ring) commit(seq, pos uint64, crc uint32) error {
+func (r *Ring) commit(seq, pos uint64, sum uint32) error {
 	if r.hook != nil {
 		r.hook(hookClaimed, seq)
 	}
@@ -318,7 +315,7 @@ func (r *Ring) commit(seq, pos uint64, crc uint32) error {
 	}
 	// The checksum ties the bytes to seq. A plain store: the commit CAS
 	// below publishes it with the rest of the record.
-	binary.LittleEndian.PutUint32(r.data[pos&r.dataMask+4:], crc^seqMix(seq))
+	binary.LittleEndian.PutUint32(r.data[pos&r.dataMask+4:], sum^seqMix(seq))
 	want := r.fmt.committed(seq, pos)
 	for tries := 0; ; tries++ {
 		// Release: pairs with the acquire load of the word in Reader.fill;

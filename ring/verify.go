@@ -3,7 +3,6 @@ package ring
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"runtime/debug"
 
 	"github.com/shmring/shmring/internal/proc"
@@ -37,7 +36,7 @@ type Report struct {
 		Empty     int // never written, nor claimed
 		Stale     int // committed records whose bytes were overwritten
 	}
-	// Checked counts the committed records whose bytes were CRC-checked.
+	// Checked counts the committed records whose bytes were checksummed.
 	Checked int
 	// Problems lists the inconsistencies, control area first, then index
 	// entries in index order, then reader slots. At most maxProblems are
@@ -238,7 +237,7 @@ func (v *verifier) checkCommitted(where entryWhere, w, dataTail uint64) {
 	fits := hdrFits && length <= r.maxRecord && hdrSize+uint64(length) <= dataTail-pos
 	var got uint32
 	if fits {
-		got = crc32.Checksum(r.data[start+hdrSize:start+hdrSize+uint64(length)], castagnoli) ^ seqMix(seq)
+		got = recordSum(r.data[start+hdrSize:start+hdrSize+uint64(length)]) ^ seqMix(seq)
 	}
 	// Acquire, after the bytes: a producer that overwrote them claimed them
 	// first, so if this still covers pos they were intact while we read.

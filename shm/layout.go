@@ -49,8 +49,9 @@ const (
 	// LayoutVersion is the version of this byte map, and of the meaning of
 	// the fields inside its sections. Bump it on any change. 2: one-word
 	// index entries; 3: the unique table's expiry is a posting time plus
-	// the timeout, not a claim time.
-	LayoutVersion = 3
+	// the timeout, not a claim time; 4: a record's checksum is XXH3-64, not
+	// CRC32C.
+	LayoutVersion = 4
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64
