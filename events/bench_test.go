@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/ring"
 )
 
@@ -20,10 +21,18 @@ func benchPath(b *testing.B) string {
 }
 
 // BenchmarkPublish is the cost of appending one event with 64 data bytes
-// (source "metrics", name "tick": a 101-byte record), with the ring's own
-// Append of a record of the same size beside it as the floor.
+// (source "metrics", name "tick": a 101-byte record), with its floor beside
+// it: the ring's own Append of a record of the same size, and the clock
+// read that stamps the event.
 func BenchmarkPublish(b *testing.B) {
 	data := make([]byte, 64)
+	b.Run("clock", func(b *testing.B) {
+		var sink int64
+		for b.Loop() {
+			sink += clock.WallNano()
+		}
+		_ = sink
+	})
 	b.Run("publish-64B", func(b *testing.B) {
 		bus, err := Open(Options{Path: benchPath(b), Mode: Manual})
 		if err != nil {

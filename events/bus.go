@@ -494,9 +494,17 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 	}
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	posted := clock.WallNano()
-	seq, err := b.ring.AppendFunc(n, func(dst []byte) {
-		encode(dst, source, name, unique, data, b.pid, posted)
-	})
+	var seq uint64
+	if n <= smallEvent {
+		// Encoded on the stack: no pooled buffer and no callback.
+		var buf [smallEvent]byte
+		encode(buf[:n], source, name, unique, data, b.pid, posted)
+		seq, err = b.ring.Append(buf[:n])
+	} else {
+		seq, err = b.ring.AppendFunc(n, func(dst []byte) {
+			encode(dst, source, name, unique, data, b.pid, posted)
+		})
+	}
 	if err != nil {
 		if errors.Is(err, ring.ErrTooBig) {
 			return 0, fmt.Errorf("events: post %s/%s to %s: %d data bytes, at most %d fit: %w",
@@ -507,6 +515,11 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 	b.stats.posted.Add(1)
 	return seq, nil
 }
+
+// smallEvent is the largest encoded event publish builds on its stack. The
+// ring checksums a record from memory no other producer can write, so an
+// event is encoded once before it is copied into the ring either way.
+const smallEvent = 256
 
 // Post publishes an event to every process on the ring, this one included,
 // then polls, so that when it returns Done this process has handled every
