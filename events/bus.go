@@ -225,7 +225,7 @@ func (e *Event) Clone() *Event {
 type Stats struct {
 	Posted        uint64 // events this bus published to the ring
 	Received      uint64 // global events read from the ring (Malformed included)
-	Handled       uint64 // handler calls that returned (Subscribe deliveries included)
+	Handled       uint64 // handler calls that returned (Subscribe deliveries included); counted in steps of up to 64 while a poll runs, in full when it ends
 	Lost          uint64 // events this bus never saw: lapped, overwritten, or corrupt
 	Abandoned     uint64 // entries skipped because their poster never finished writing them
 	Dropped       uint64 // events a Subscribe channel had no room for
@@ -248,6 +248,10 @@ type Bus struct {
 	uniq   *uniqueTable
 	pid    int
 	cursor atomic.Uint64 // rd.Cursor() after the last record handled
+	// startCursor is the cursor at Open. Every sequence number the cursor
+	// has moved past since was received, lost or abandoned, so Stats
+	// derives Received from the cursor: one atomic add less per event.
+	startCursor uint64
 
 	// life is read-held by every call that touches the ring and
 	// write-held by Close, so Close never unmaps under a running call.
@@ -263,9 +267,13 @@ type Bus struct {
 	dispatching atomic.Bool
 	rd          *ring.Reader
 	names       interner
-	ev          Event
-	lossSeen    ring.ReaderStats // the reader's loss counters last mirrored
-	local       localQueue
+	// handledPending counts handler calls not yet added to stats.handled,
+	// which is added to every handledFlush calls and when a drain ends:
+	// one atomic add per event would cost more than the call.
+	handledPending uint64
+	ev             Event
+	lossSeen       ring.ReaderStats // the reader's loss counters last mirrored
+	local          localQueue
 
 	regMu    sync.Mutex
 	handlers atomic.Pointer[[]*Registration] // copy on write under regMu
@@ -279,9 +287,9 @@ type Bus struct {
 	stopErr  error // why the bus stopped, if not by Close; set before done closes
 
 	stats struct {
-		posted, received, handled, dropped, panics, local atomic.Uint64
-		malformed, uniqueRun, uniqueIgnored, uniqueFull   atomic.Uint64
-		lost, abandoned, corrupt                          atomic.Uint64 // mirrors of the reader's
+		posted, handled, dropped, panics, local         atomic.Uint64
+		malformed, uniqueRun, uniqueIgnored, uniqueFull atomic.Uint64
+		lost, abandoned, corrupt                        atomic.Uint64 // mirrors of the reader's
 	}
 }
 
@@ -333,6 +341,7 @@ func Open(opts Options) (*Bus, error) {
 	}
 	b := &Bus{opts: opts, ring: r, uniq: uniq, pid: os.Getpid(), rd: rd, subs: map[*subscription]struct{}{}}
 	b.cursor.Store(rd.Cursor())
+	b.startCursor = rd.Cursor()
 	b.handlers.Store(new([]*Registration))
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.done = make(chan struct{})
@@ -683,7 +692,10 @@ func (b *Bus) drain() (err error) {
 			b.handleRecord(rec)
 			continue
 		case errors.Is(err, ring.ErrEmpty):
-			b.cursor.Store(b.rd.Cursor()) // it may have moved past skipped entries
+			if c := b.rd.Cursor(); c != b.cursor.Load() {
+				b.cursor.Store(c) // it moved past skipped entries
+				b.mirrorLoss()    // after the cursor: see Stats
+			}
 			if e := b.local.pop(); e != nil {
 				if !dispatching {
 					b.dispatching.Store(true)
@@ -719,6 +731,7 @@ func (b *Bus) drain() (err error) {
 func (b *Bus) mirrorReaderStats() {
 	b.rd.Sync()
 	b.mirrorLoss()
+	b.flushHandled()
 }
 
 // mirrorLoss copies the reader's loss counters, which only the pollMu
@@ -736,7 +749,6 @@ func (b *Bus) mirrorLoss() {
 }
 
 func (b *Bus) handleRecord(rec ring.Record) {
-	b.stats.received.Add(1)
 	w, err := decode(rec.Data)
 	if err != nil {
 		b.stats.malformed.Add(1)
@@ -822,7 +834,26 @@ func (b *Bus) call(r *Registration, e *Event) {
 	}()
 	r.fn(e)
 	if !r.sub {
-		b.stats.handled.Add(1)
+		b.countHandled()
+	}
+}
+
+// handledFlush bounds how far Stats.Handled lags behind the handler calls
+// of a drain that goes on.
+const handledFlush = 64
+
+// countHandled counts a handler call that returned. It runs under pollMu.
+func (b *Bus) countHandled() {
+	if b.handledPending++; b.handledPending == handledFlush {
+		b.flushHandled()
+	}
+}
+
+// flushHandled adds the pending handler calls to the count Stats reads.
+func (b *Bus) flushHandled() {
+	if b.handledPending != 0 {
+		b.stats.handled.Add(b.handledPending)
+		b.handledPending = 0
 	}
 }
 
@@ -921,12 +952,16 @@ func (b *Bus) Cursor() uint64 { return b.cursor.Load() }
 
 // Stats returns the bus's counters.
 func (b *Bus) Stats() Stats {
+	// The loss counters before the cursor: the poller stores the cursor
+	// first, so a snapshot never counts more skipped than moved past.
+	lost, abandoned := b.stats.lost.Load(), b.stats.abandoned.Load()
+	moved := b.cursor.Load() - b.startCursor
 	s := Stats{
 		Posted:        b.stats.posted.Load(),
-		Received:      b.stats.received.Load(),
+		Received:      moved - min(moved, lost+abandoned),
 		Handled:       b.stats.handled.Load(),
-		Lost:          b.stats.lost.Load(),
-		Abandoned:     b.stats.abandoned.Load(),
+		Lost:          lost,
+		Abandoned:     abandoned,
 		Dropped:       b.stats.dropped.Load(),
 		HandlerPanics: b.stats.panics.Load(),
 		Local:         b.stats.local.Load(),

@@ -160,7 +160,7 @@ func (b *Bus) Subscribe(ctx context.Context, buffer int, source string, names ..
 	b.regMu.Unlock()
 	reg := b.register(func(e *Event) {
 		if s.send(e.Clone()) {
-			b.stats.handled.Add(1)
+			b.countHandled() // under pollMu, as every handler call
 		} else {
 			b.stats.dropped.Add(1)
 		}
