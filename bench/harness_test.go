@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func frame(size, id int, seq uint64, stamp int64) []byte {
@@ -265,4 +266,23 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+func TestMeasureCPUSpeeds(t *testing.T) {
+	var allowed unix.CPUSet
+	require.NoError(t, unix.SchedGetaffinity(0, &allowed))
+	speeds := MeasureCPUSpeeds()
+	require.Len(t, speeds, allowed.Count(), "one speed per CPU this process may use")
+	fastest := 0.0
+	for _, s := range speeds {
+		assert.True(t, allowed.IsSet(s.CPU), "cpu%d is not one of ours", s.CPU)
+		assert.Greater(t, s.Relative, 0.0)
+		assert.LessOrEqual(t, s.Relative, 1.0)
+		fastest = max(fastest, s.Relative)
+	}
+	assert.Equal(t, 1.0, fastest, "speeds are relative to the fastest CPU")
+	assert.Greater(t, MeasureClockRead(), 0.0)
+
+	assert.Equal(t, "", slowCPUs([]CPUSpeed{{0, 1}, {1, 0.85}}))
+	assert.Equal(t, "cpu1 at 0.50×, cpu3 at 0.79×", slowCPUs([]CPUSpeed{{0, 1}, {1, 0.5}, {2, 1}, {3, 0.79}}))
 }

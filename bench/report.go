@@ -21,6 +21,9 @@ type Machine struct {
 	MemGiB int    `json:"mem_gib,omitempty"`
 	Go     string `json:"go"`
 	OSArch string `json:"os_arch"`
+	// CPUSpeed and ClockReadNs are measured when the run starts.
+	CPUSpeed    []CPUSpeed `json:"cpu_speed,omitempty"`
+	ClockReadNs float64    `json:"clock_read_ns,omitempty"`
 }
 
 // ReadMachine describes this machine.
@@ -58,7 +61,18 @@ func (m Machine) String() string {
 	if m.Kernel != "" {
 		s += ", " + m.Kernel
 	}
-	return s + ", " + m.Go + " " + m.OSArch
+	s += ", " + m.Go + " " + m.OSArch
+	if len(m.CPUSpeed) > 0 {
+		var parts []string
+		for _, c := range m.CPUSpeed {
+			parts = append(parts, fmt.Sprintf("cpu%d %.2f", c.CPU, c.Relative))
+		}
+		s += "\ncpu speed: " + strings.Join(parts, ", ") + " (a fixed loop pinned to each, relative to the fastest)"
+	}
+	if m.ClockReadNs > 0 {
+		s += fmt.Sprintf("\nclock read: %.1f ns (CLOCK_MONOTONIC; every event and every latency sample takes one)", m.ClockReadNs)
+	}
+	return s
 }
 
 // WriteTable writes the report as aligned tables: latency, then throughput.

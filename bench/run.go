@@ -261,7 +261,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	start := time.Now()
 	rep := &Report{Machine: ReadMachine(), Started: start.UTC().Format(time.RFC3339)}
+	rep.Machine.CPUSpeed = MeasureCPUSpeeds()
+	rep.Machine.ClockReadNs = MeasureClockRead()
 	h := &harness{ctx: ctx, cfg: cfg, rep: rep}
+	if slow := slowCPUs(rep.Machine.CPUSpeed); slow != "" {
+		h.warn("%s of the fastest CPU's speed: something else keeps it busy (another process, or another tenant of the host), and rows with a process there are slower for it", slow)
+	}
 	h.latencyRows()
 	h.throughputRows()
 	if err := ctx.Err(); err != nil {
