@@ -1,9 +1,11 @@
 package ring
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/shmring/shmring/shm"
@@ -102,4 +104,30 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A damaged seqTail behind a later lap's word: Read finds nothing claimed
+// at the cursor, and Wait must agree and sleep, not return at once and
+// make a ReadContext loop spin.
+func TestDamagedTailBehindLaterLapWordDoesNotSpin(t *testing.T) {
+	r := heapRing(nil)
+	for i := range 40 {
+		if _, err := r.Append(payload(i, 20)); err != nil {
+			t.Fatal(err)
+		}
+		copy(r.data[r.dataSize:], r.data[:r.dataSize])
+	}
+	rd, err := r.NewReader(ReaderOptions{Start: AtSeq(20), Unregistered: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ctl.seqTail.Store(20) // the word at 20 is seq 36's (16 entries)
+	if _, err := rd.Read(); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("Read: %v, want ErrEmpty", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := rd.Wait(ctx, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait returned %v before its context ended: a ReadContext loop would spin", err)
+	}
 }

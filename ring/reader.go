@@ -98,6 +98,7 @@ type batchRecord struct {
 	off     int    // offset in the arena: of the header, then (verified) of the payload
 	length  uint32
 	badLen  bool // the header's length exceeds MaxRecord: nothing was copied
+	guessed bool // pos was guessed from the previous record's (wordFormat.near)
 	skipped bool // Reader.skipped at the same index holds what was skipped just before it
 }
 
@@ -386,7 +387,8 @@ func (rd *Reader) copyBatch() batchStop {
 		switch {
 		case f.tag(w) == f.tagOf(c, stateCommitted):
 			var pos uint64
-			if rd.haveRef {
+			guessed := rd.haveRef
+			if guessed {
 				pos = f.near(w, rd.ref) // checked by verifyBatch
 			} else {
 				// Acquire, after the word: seq c is claimed, so its bytes
@@ -399,14 +401,14 @@ func (rd *Reader) copyBatch() batchStop {
 			// damage or overwritten bytes, verifyBatch decides.
 			length := binary.LittleEndian.Uint32(r.data[start:])
 			if length > r.maxRecord {
-				rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, badLen: true})
+				rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, badLen: true, guessed: guessed})
 				rd.takeSkip()
 				c++
 				continue
 			}
 			off := len(rd.arena)
 			rd.arena = append(rd.arena, r.data[start:start+hdrSize+uint64(length)]...)
-			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length})
+			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length, guessed: guessed})
 			rd.takeSkip()
 			c++
 		case f.tag(w) == f.tagOf(c, stateAbandoned):
@@ -558,13 +560,23 @@ func (rd *Reader) verifyBatch() (cut bool) {
 			carry.add(rd.skipped[i])
 		}
 		if r.fmt.position(b.pos, dataTail) != b.pos {
-			// The guess from the previous record's position was wrong:
-			// the bytes copied are another record's. Everything from here
-			// on is read again, with the position from dataTail.
-			rd.cursor, rd.haveRef = b.seq, false
-			rd.recs = kept
-			rd.skip = carry // the skips after b are found again
-			return true
+			if b.guessed {
+				// The guess from the previous record's position was
+				// wrong: the bytes copied are another record's.
+				// Everything from here on is read again, with the
+				// position from dataTail.
+				rd.cursor, rd.haveRef = b.seq, false
+				rd.recs = kept
+				rd.skip = carry // the skips after b are found again
+				return true
+			}
+			// Recovered from dataTail, yet dataTail moved by more than
+			// the position bits cover between two loads: no producer
+			// of this ring does that. Skipped, not read again, so that
+			// a damaged or hostile writer cannot keep the reader here.
+			rd.haveRef = false
+			carry.Corrupt++
+			continue
 		}
 		if dataTail-b.pos > r.dataSize {
 			carry.Lost++
@@ -795,27 +807,31 @@ func (rd *Reader) peek() peekState {
 		return peekReady
 	}
 	tail := r.ctl.seqTail.Load() // acquire, after the word: pairs with the producers' fetch-add
-	switch {
-	case c >= tail:
+	if c >= tail {
+		// Nothing claimed: empty, as copyBatch finds it, even where a
+		// damaged file holds a later lap's word.
 		return peekEmpty
-	case tail-c > uint64(len(r.index)):
-		return peekReady // lapped: Read counts the loss
+	}
+	w := r.index[c&r.indexMask].word.Load() // acquire: pairs with the commit CAS
+	if tail-c > uint64(len(r.index)) || (w != 0 && r.fmt.later(w, c)) {
+		return peekReady // lapped, or the entry reused: Read counts the loss
 	}
 	return peekPending
 }
 
-// Ready reports whether the entry for seq is settled: committed, abandoned,
-// or reused by a later lap, so that a reader at seq has a record to return
-// or a loss to count. It loads one index word and neither claim counter:
-// the cheapest check to spin on, and when it turns true the line it loaded
-// is the one a read of seq needs. An entry claimed but not committed is not
-// ready; a caller that spins on Ready should also look at Next now and
-// then, and read, so that a dead producer's entry is abandoned in time.
+// Ready reports whether the entry for seq is committed or abandoned, so
+// that a reader at seq has a record to return or an entry to skip. It
+// loads one index word and neither claim counter: the cheapest check to
+// spin on, and when it turns true the line it loaded is the one a read of
+// seq needs. An entry claimed but not committed is not ready, nor is one
+// that a later lap reused (the reader was lapped): a caller that spins on
+// Ready should also look at Next now and then, and read, so that a dead
+// producer's entry is abandoned in time and a lapped reader counts its loss.
 func (r *Ring) Ready(seq uint64) bool {
 	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS
 	f := &r.fmt
 	t := f.tag(w)
-	return t == f.tagOf(seq, stateCommitted) || t == f.tagOf(seq, stateAbandoned) || (w != 0 && f.later(w, seq))
+	return t == f.tagOf(seq, stateCommitted) || t == f.tagOf(seq, stateAbandoned)
 }
 
 func minPositive(a, b time.Duration) time.Duration {
