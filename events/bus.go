@@ -248,10 +248,6 @@ type Bus struct {
 	uniq   *uniqueTable
 	pid    int
 	cursor atomic.Uint64 // rd.Cursor() after the last record handled
-	// startCursor is the cursor at Open. Every sequence number the cursor
-	// has moved past since was received, lost or abandoned, so Stats
-	// derives Received from the cursor: one atomic add less per event.
-	startCursor uint64
 
 	// life is read-held by every call that touches the ring and
 	// write-held by Close, so Close never unmaps under a running call.
@@ -287,9 +283,9 @@ type Bus struct {
 	stopErr  error // why the bus stopped, if not by Close; set before done closes
 
 	stats struct {
-		posted, handled, dropped, panics, local         atomic.Uint64
-		malformed, uniqueRun, uniqueIgnored, uniqueFull atomic.Uint64
-		lost, abandoned, corrupt                        atomic.Uint64 // mirrors of the reader's
+		posted, received, handled, dropped, panics, local atomic.Uint64
+		malformed, uniqueRun, uniqueIgnored, uniqueFull   atomic.Uint64
+		lost, abandoned, corrupt                          atomic.Uint64 // mirrors of the reader's
 	}
 }
 
@@ -341,7 +337,6 @@ func Open(opts Options) (*Bus, error) {
 	}
 	b := &Bus{opts: opts, ring: r, uniq: uniq, pid: os.Getpid(), rd: rd, subs: map[*subscription]struct{}{}}
 	b.cursor.Store(rd.Cursor())
-	b.startCursor = rd.Cursor()
 	b.handlers.Store(new([]*Registration))
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.done = make(chan struct{})
@@ -694,7 +689,7 @@ func (b *Bus) drain() (err error) {
 		case errors.Is(err, ring.ErrEmpty):
 			if c := b.rd.Cursor(); c != b.cursor.Load() {
 				b.cursor.Store(c) // it moved past skipped entries
-				b.mirrorLoss()    // after the cursor: see Stats
+				b.mirrorLoss()
 			}
 			if e := b.local.pop(); e != nil {
 				if !dispatching {
@@ -730,6 +725,11 @@ func (b *Bus) drain() (err error) {
 // counters to where Stats can read them.
 func (b *Bus) mirrorReaderStats() {
 	b.rd.Sync()
+	// A read that ended on a pending entry may have moved past skipped
+	// ones: the cursor moves with the counters that account for them.
+	if c := b.rd.Cursor(); c != b.cursor.Load() {
+		b.cursor.Store(c)
+	}
 	b.mirrorLoss()
 	b.flushHandled()
 }
@@ -749,6 +749,7 @@ func (b *Bus) mirrorLoss() {
 }
 
 func (b *Bus) handleRecord(rec ring.Record) {
+	b.stats.received.Add(1)
 	w, err := decode(rec.Data)
 	if err != nil {
 		b.stats.malformed.Add(1)
@@ -952,16 +953,12 @@ func (b *Bus) Cursor() uint64 { return b.cursor.Load() }
 
 // Stats returns the bus's counters.
 func (b *Bus) Stats() Stats {
-	// The loss counters before the cursor: the poller stores the cursor
-	// first, so a snapshot never counts more skipped than moved past.
-	lost, abandoned := b.stats.lost.Load(), b.stats.abandoned.Load()
-	moved := b.cursor.Load() - b.startCursor
 	s := Stats{
 		Posted:        b.stats.posted.Load(),
-		Received:      moved - min(moved, lost+abandoned),
+		Received:      b.stats.received.Load(),
 		Handled:       b.stats.handled.Load(),
-		Lost:          lost,
-		Abandoned:     abandoned,
+		Lost:          b.stats.lost.Load(),
+		Abandoned:     b.stats.abandoned.Load(),
 		Dropped:       b.stats.dropped.Load(),
 		HandlerPanics: b.stats.panics.Load(),
 		Local:         b.stats.local.Load(),
