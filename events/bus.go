@@ -687,8 +687,7 @@ func (b *Bus) drain() (err error) {
 			b.handleRecord(rec)
 			continue
 		case errors.Is(err, ring.ErrEmpty):
-			if c := b.rd.Cursor(); c != b.cursor.Load() {
-				b.cursor.Store(c) // it moved past skipped entries
+			if b.syncCursor() { // it moved past skipped entries
 				b.mirrorLoss()
 			}
 			if e := b.local.pop(); e != nil {
@@ -727,11 +726,21 @@ func (b *Bus) mirrorReaderStats() {
 	b.rd.Sync()
 	// A read that ended on a pending entry may have moved past skipped
 	// ones: the cursor moves with the counters that account for them.
-	if c := b.rd.Cursor(); c != b.cursor.Load() {
-		b.cursor.Store(c)
-	}
+	b.syncCursor()
 	b.mirrorLoss()
 	b.flushHandled()
+}
+
+// syncCursor publishes the reader's cursor if it moved since the last
+// store (a store is an atomic exchange, not free), and reports whether it
+// did. It runs under pollMu.
+func (b *Bus) syncCursor() bool {
+	c := b.rd.Cursor()
+	if c == b.cursor.Load() {
+		return false
+	}
+	b.cursor.Store(c)
+	return true
 }
 
 // mirrorLoss copies the reader's loss counters, which only the pollMu
@@ -900,7 +909,8 @@ func (b *Bus) run() {
 			// turns ready with the event's commit, and the line it brings
 			// in is the one the poll needs first. Now and then look at the
 			// claim counter too, so that an entry claimed and never
-			// committed is polled, and abandoned after WaitMax.
+			// committed is polled (and abandoned after WaitMax), and a
+			// lapped bus counts its loss.
 			for i := 1; !b.ring.Ready(b.cursor.Load()); i++ {
 				if i%1024 == 0 {
 					if b.ctx.Err() != nil {
