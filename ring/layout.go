@@ -183,6 +183,13 @@ func (f *wordFormat) later(w, seq uint64) bool {
 	return d != 0 && d < f.lapHalf
 }
 
+// settled reports whether w is seq's word committed or abandoned: a reader
+// at seq has a record to read or an entry to skip.
+func (f *wordFormat) settled(w, seq uint64) bool {
+	t := f.tag(w)
+	return t == f.tagOf(seq, stateCommitted) || t == f.tagOf(seq, stateAbandoned)
+}
+
 // earlier reports whether w is zero or belongs to an earlier lap than
 // seq's: the entry is free for seq's commit.
 func (f *wordFormat) earlier(w, seq uint64) bool {

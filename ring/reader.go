@@ -803,7 +803,8 @@ const (
 func (rd *Reader) peek() peekState {
 	r := rd.ring
 	c := rd.cursor
-	if r.Ready(c) {
+	w := r.index[c&r.indexMask].word.Load() // acquire: pairs with the commit CAS
+	if r.fmt.settled(w, c) {
 		return peekReady
 	}
 	tail := r.ctl.seqTail.Load() // acquire, after the word: pairs with the producers' fetch-add
@@ -812,7 +813,6 @@ func (rd *Reader) peek() peekState {
 		// damaged file holds a later lap's word.
 		return peekEmpty
 	}
-	w := r.index[c&r.indexMask].word.Load() // acquire: pairs with the commit CAS
 	if tail-c > uint64(len(r.index)) || (w != 0 && r.fmt.later(w, c)) {
 		return peekReady // lapped, or the entry reused: Read counts the loss
 	}
@@ -828,10 +828,7 @@ func (rd *Reader) peek() peekState {
 // Ready should also look at Next now and then, and read, so that a dead
 // producer's entry is abandoned in time and a lapped reader counts its loss.
 func (r *Ring) Ready(seq uint64) bool {
-	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS
-	f := &r.fmt
-	t := f.tag(w)
-	return t == f.tagOf(seq, stateCommitted) || t == f.tagOf(seq, stateAbandoned)
+	return r.fmt.settled(r.index[seq&r.indexMask].word.Load(), seq) // acquire: pairs with the commit CAS
 }
 
 func minPositive(a, b time.Duration) time.Duration {
