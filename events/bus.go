@@ -561,15 +561,40 @@ func (b *Bus) PublishUnique(source, name string, data []byte, unique string) (ui
 	if err := b.checkRoom(unique); err != nil {
 		return 0, err
 	}
-	return b.publish(source, name, unique, data)
+	seq, err := b.publish(source, name, unique, data)
+	if err == nil {
+		b.notePosted(unique, seq)
+	}
+	return seq, err
 }
 
-func (b *Bus) checkRoom(unique string) error {
+// notePosted tells the unique table about a unique event just posted, in
+// case it follows its key's winner (see uniqueTable.posted). The processes
+// that ignore it tell the table too, so a failure here is logged, not
+// returned: the event is posted.
+func (b *Bus) notePosted(unique string, seq uint64) {
+	b.life.RLock()
+	defer b.life.RUnlock()
+	if b.closed.Load() {
+		return
+	}
+	var err error
+	func() {
+		defer ring.RecoverFault(debug.SetPanicOnFault(true), &err) // the file was truncated under us
+		err = b.uniq.posted(keyHash(unique), seq, b.evictBefore)
+	}()
+	if err != nil {
+		b.opts.Logger.Warn("events: could not record a unique follow-up", "path", b.opts.Path, "seq", seq, "unique", unique, "err", err)
+	}
+}
+
+func (b *Bus) checkRoom(unique string) (err error) {
 	b.life.RLock()
 	defer b.life.RUnlock()
 	if b.closed.Load() {
 		return ErrClosed
 	}
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err) // the file was truncated under us
 	ok, err := b.uniq.room(keyHash(unique), b.evictBefore)
 	if err != nil {
 		return fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)

@@ -496,6 +496,87 @@ func TestUniqueEntryReusedOnceEventLeftRing(t *testing.T) {
 	assert.Equal(t, uint64(3), b.Stats().UniqueRun)
 }
 
+// A key's entry is not given to another key while a process can still poll
+// a follow-up of its winner: that process would find no entry and run the
+// follow-up, which every other process ignored. Here the winner has left
+// the ring, its follow-up (posted within the timeout) has not, a lagging
+// process has read the winner but not the follow-up, and the key has
+// expired when a new key wants the only entry. The table learns of the
+// follow-up from its poster, or else from a process that ignored it.
+func TestUniqueEntryKeptForUnpolledFollowUp(t *testing.T) {
+	for _, by := range []string{"poster", "ignorer"} {
+		t.Run("recorded by its "+by, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bus")
+			const timeout = 20 * time.Millisecond
+			opts := Options{Path: path, Mode: Manual, UniqueSlots: 2, Slots: 16, Timeout: timeout}
+			poster := openBus(t, opts) // no handlers: it takes no part in claims
+			a := openBus(t, opts)
+			lagging := openBus(t, opts)
+			var runsA, runsLagging atomic.Int64
+			a.Register(func(*Event) { runsA.Add(1) }, "cache", "purge")
+			lagging.Register(func(*Event) { runsLagging.Add(1) }, "cache", "purge")
+
+			winner, err := poster.PublishUnique("cache", "purge", []byte("winner"), "users")
+			require.NoError(t, err)
+			_, err = a.Poll()
+			require.NoError(t, err)
+			_, err = lagging.Poll() // reads the winner, which a ran
+			require.NoError(t, err)
+			require.Equal(t, int64(1), runsA.Load())
+
+			var followUp uint64
+			if by == "poster" {
+				followUp, err = poster.PublishUnique("cache", "purge", []byte("follow-up"), "users")
+				require.NoError(t, err)
+			} else {
+				// Straight into the ring: the poster tells the table nothing.
+				rec := make([]byte, encodedSize("cache", "purge", "users", nil))
+				encode(rec, "cache", "purge", "users", nil, os.Getpid(), clock.WallNano())
+				followUp, err = poster.Ring().Append(rec)
+				require.NoError(t, err)
+				_, err = a.Poll()
+				require.NoError(t, err)
+				require.Equal(t, uint64(1), a.Stats().UniqueIgnored, "a ignored the follow-up")
+			}
+			followUpPosted := clock.WallNano()
+			for poster.Ring().Oldest() <= winner {
+				_, err := poster.Publish("filler", "tick", nil)
+				require.NoError(t, err)
+			}
+			require.LessOrEqual(t, poster.Ring().Oldest(), followUp, "the follow-up is still in the ring")
+			_, err = poster.Poll() // no reader but lagging holds the key's entry now
+			require.NoError(t, err)
+			waitFor(t, "the key to expire", func() bool { return clock.WallNano() > followUpPosted+int64(timeout) })
+
+			_, err = poster.PostUnique("cache", "purge", nil, "groups")
+			require.ErrorIs(t, err, ErrUniqueTableFull, "the entry still answers for the follow-up")
+			_, err = lagging.Poll()
+			require.NoError(t, err)
+			assert.Zero(t, runsLagging.Load(), "the lagging process ignores the follow-up too")
+			assert.Equal(t, uint64(2), lagging.Stats().UniqueIgnored)
+			assert.Zero(t, lagging.Stats().Lost)
+
+			// Once the follow-up has left the ring and every reader, the
+			// entry serves a new key.
+			for poster.Ring().Oldest() <= followUp {
+				_, err := poster.Publish("filler", "tick", nil)
+				require.NoError(t, err)
+			}
+			for _, b := range []*Bus{poster, a, lagging} {
+				_, err = b.Poll()
+				require.NoError(t, err)
+			}
+			_, err = poster.PostUnique("cache", "purge", nil, "groups")
+			require.NoError(t, err)
+			for _, b := range []*Bus{a, lagging} {
+				_, err = b.Poll()
+				require.NoError(t, err)
+			}
+			assert.Equal(t, int64(1), runsA.Load()+runsLagging.Load()-1, "the new key ran once")
+		})
+	}
+}
+
 func TestLappedBusCountsLoss(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bus")
 	slow := openBus(t, Options{Path: path, Mode: Manual, Slots: 16})

@@ -33,15 +33,19 @@ import (
 //	8    8     seq     sequence number + 1 of the event that won the key
 //	16   8     expiry  unix ns: the winner's posting time + Timeout; later events with the key posted before it are ignored
 //	24   4     pid     the process that won it (for operators)
-//	28   4     reserved
+//	28   4     follow  how far the last known follow-up lies after the winner, in sequence numbers (saturating)
 //
 // Every field is written only under lock, so a claim is a short critical
 // section of plain decisions rather than a lock-free protocol over several
 // words. Readers outside the lock (operators) see snapshots. Entries are
 // never emptied: a key's entry stays, with its winning sequence, after it
 // expires, so a process that polls the same event late still skips it. An
-// entry is reused for another key only when it has expired and its event
-// has left the ring (nobody can poll it any more).
+// entry is reused for another key only when it has expired and neither its
+// winner nor any follow-up known to the table can be polled any more: each
+// has left the ring and every live reader is past it. Without the
+// follow-ups, a process still short of one would find no entry and run it.
+// A follow-up is made known by its poster, right after it is posted, and
+// by every process that ignores it.
 //
 // Whether an event is a follow-up of the winner is decided by the times the
 // events were posted (Event.Posted, in the record), not by when a process
@@ -62,7 +66,7 @@ type uniqueEntry struct {
 	seq    atomic.Uint64
 	expiry atomic.Int64
 	pid    atomic.Uint32
-	_      uint32
+	follow atomic.Uint32
 }
 
 func init() {
@@ -179,7 +183,7 @@ func (t *uniqueTable) probe(hash uint64, now int64, oldest func() uint64) (e *un
 			if !haveOldest {
 				oldestSeq, haveOldest = oldest(), true
 			}
-			if s := c.seq.Load(); s != 0 && s-1 < oldestSeq {
+			if s := c.seq.Load(); s != 0 && s-1+uint64(c.follow.Load()) < oldestSeq {
 				victim = c
 			}
 		}
@@ -193,8 +197,9 @@ func (t *uniqueTable) probe(hash uint64, now int64, oldest func() uint64) (e *un
 // A process that dies inside the section leaves at most one entry half
 // written. The fields are written so that such an entry errs towards
 // running an event nowhere rather than twice: expiry first (follow-ups are
-// ignored), the winning sequence next, the key's hash last (a new binding
-// becomes visible only complete).
+// ignored), the winning sequence next, then the follow-up distance (a
+// stale one only keeps the entry longer), the key's hash last (a new
+// binding becomes visible only complete).
 func (t *uniqueTable) claim(hash, seq uint64, posted int64, timeout time.Duration, oldest func() uint64) (claimResult, error) {
 	if err := t.lock(); err != nil {
 		return 0, err
@@ -209,6 +214,7 @@ func (t *uniqueTable) claim(hash, seq uint64, posted int64, timeout time.Duratio
 		case s > seq+1:
 			return claimStale, nil
 		case posted < e.expiry.Load():
+			e.noteFollowUp(seq)
 			return claimFollowUp, nil
 		}
 	}
@@ -223,11 +229,39 @@ func (t *uniqueTable) claim(hash, seq uint64, posted int64, timeout time.Duratio
 	e.expiry.Store(expiry)
 	e.pid.Store(uint32(t.me.PID()))
 	e.seq.Store(seq + 1)
+	e.follow.Store(0)
 	if !found {
 		e.hash.Store(hash)
 	}
 	t.hdr.claims.Add(1) // counter only
 	return claimWon, nil
+}
+
+// noteFollowUp records that the event seq, a later event with the entry's
+// key, may still be polled: the entry must outlive it. Under the lock.
+func (e *uniqueEntry) noteFollowUp(seq uint64) {
+	s := e.seq.Load()
+	if s == 0 || seq < s {
+		return // no winner yet, or seq is the winner or before it
+	}
+	d := min(seq-(s-1), math.MaxUint32)
+	if uint32(d) > e.follow.Load() {
+		e.follow.Store(uint32(d))
+	}
+}
+
+// posted records, for a unique event just posted as seq, that it may
+// follow its key's winner: a key's entry is not given away while a process
+// can still poll a follow-up that nobody has polled yet.
+func (t *uniqueTable) posted(hash, seq uint64, oldest func() uint64) error {
+	if err := t.lock(); err != nil {
+		return err
+	}
+	defer t.unlock()
+	if e, found := t.probe(hash, clock.WallNano(), oldest); found {
+		e.noteFollowUp(seq)
+	}
+	return nil
 }
 
 // room reports whether a claim for hash would find an entry now: the check

@@ -50,8 +50,9 @@ const (
 	// the fields inside its sections. Bump it on any change. 2: one-word
 	// index entries; 3: the unique table's expiry is a posting time plus
 	// the timeout, not a claim time; 4: a record's checksum is XXH3-64, not
-	// CRC32C.
-	LayoutVersion = 4
+	// CRC32C; 5: a unique-table entry's last four bytes say how far its
+	// key's last known follow-up lies after the winner.
+	LayoutVersion = 5
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64

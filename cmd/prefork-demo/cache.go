@@ -97,8 +97,9 @@ func (d *demo) refresh(e *events.Event) {
 	if e.Seq < d.liveFrom {
 		// A purge from before this worker started: it was answered then
 		// (refreshed or coalesced), and its "set", if any, is in the
-		// history this worker replays. The unique table would let a late
-		// reader run a coalesced one once its timeout has passed.
+		// history this worker replays. The unique table decides a
+		// replayed purge as it was decided on time; this check does not
+		// depend on the table having room to remember it.
 		d.mu.Lock()
 		d.replayed++
 		d.mu.Unlock()
