@@ -1021,6 +1021,7 @@ func (b *Bus) Unique() (UniqueStats, []UniqueKey, error) {
 		return UniqueStats{}, nil, ErrClosed
 	}
 	st, keys := b.uniq.snapshot()
+	keyTexts(b.ring, keys)
 	return st, keys, nil
 }
 

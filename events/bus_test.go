@@ -577,6 +577,32 @@ func TestUniqueEntryKeptForUnpolledFollowUp(t *testing.T) {
 	}
 }
 
+// A live key's text comes from its winning event while that is in the
+// ring; afterwards only the hash is known.
+func TestUniqueKeyText(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual, Slots: 16, Timeout: time.Hour})
+	b.Register(func(*Event) {}, "cache")
+	_, err := b.PostUnique("cache", "refresh", nil, "users:42")
+	require.NoError(t, err)
+	_, keys, err := b.Unique()
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+	assert.Equal(t, "users:42", keys[0].Key)
+	assert.Equal(t, keyHash("users:42"), keys[0].Hash)
+	assert.Equal(t, os.Getpid(), keys[0].PID)
+
+	for b.Ring().Oldest() <= keys[0].Seq {
+		_, err := b.Publish("filler", "tick", nil)
+		require.NoError(t, err)
+	}
+	_, keys, err = b.Unique()
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+	assert.Empty(t, keys[0].Key, "the winning event has left the ring")
+	assert.Equal(t, keyHash("users:42"), keys[0].Hash)
+	assert.Empty(t, b.Ring().Readers()[1:], "looking keys up registered no reader")
+}
+
 func TestLappedBusCountsLoss(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bus")
 	slow := openBus(t, Options{Path: path, Mode: Manual, Slots: 16})
@@ -817,12 +843,13 @@ func TestObserverBus(t *testing.T) {
 	assert.Equal(t, []string{"refresh:k"}, seen)
 	assert.Zero(t, obs.Stats().UniqueRun+obs.Stats().UniqueIgnored)
 
-	st, keys, err := UniqueTable(obs.Ring().Region())
+	st, keys, err := UniqueTable(obs.Ring())
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), st.Claims)
 	require.Len(t, keys, 1)
 	assert.Equal(t, seq, keys[0].Seq)
 	assert.Equal(t, keyHash("k"), keys[0].Hash)
+	assert.Equal(t, "k", keys[0].Key, "read from the winning event")
 
 	next = obs.Ring().Next()
 	require.NoError(t, obs.Close())

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/internal/proc"
+	"github.com/shmring/shmring/ring"
 	"github.com/shmring/shmring/shm"
 )
 
@@ -277,9 +278,13 @@ func (t *uniqueTable) room(hash uint64, oldest func() uint64) (bool, error) {
 
 // UniqueKey is a snapshot of one entry of the unique table.
 type UniqueKey struct {
-	Hash uint64 // FNV-1a 64 of the key (the table keeps no key text)
-	Seq  uint64 // the event that won the key
-	PID  int    // the process that ran it
+	Hash uint64 // FNV-1a 64 of the key
+	// Key is the key's text, read from the winning event while that is
+	// still in the ring (the table keeps only the hash); "" once it has
+	// left.
+	Key string
+	Seq uint64 // the event that won the key
+	PID int    // the process that ran it
 	// Remaining is how long later events with the key are still ignored;
 	// zero or negative once the key has expired.
 	Remaining time.Duration
@@ -321,14 +326,37 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 	return st, live
 }
 
-// UniqueTable reads the unique table of an open region: its counters and
-// the keys still live. It writes nothing, for tools.
-func UniqueTable(region *shm.Region) (UniqueStats, []UniqueKey, error) {
+// UniqueTable reads the unique table of an open ring: its counters and the
+// keys still live, with their text where the winning event is still in the
+// ring. It writes nothing and registers no reader, for tools.
+func UniqueTable(r *ring.Ring) (UniqueStats, []UniqueKey, error) {
+	region := r.Region()
 	n := int(region.Geometry().UniqueSlots)
 	t, err := newUniqueTable(region.Unique()[:n*shm.UniqueSlotSize], 0)
 	if err != nil {
 		return UniqueStats{}, nil, fmt.Errorf("events: %s: %w", region.Path(), err)
 	}
 	st, keys := t.snapshot()
+	keyTexts(r, keys)
 	return st, keys, nil
+}
+
+// keyTexts fills in the text of each key whose winning event is still in
+// the ring and committed, checked against the key's hash. It never waits
+// for an entry and never abandons one.
+func keyTexts(r *ring.Ring, keys []UniqueKey) {
+	for i := range keys {
+		k := &keys[i]
+		rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(k.Seq), Unregistered: true, Batch: 1, WaitMax: time.Hour})
+		if err != nil {
+			return // the ring is closed, or the region is damaged: hashes only
+		}
+		rec, err := rd.Read()
+		if err == nil && rec.Seq == k.Seq {
+			if e, err := Decode(rec.Seq, rec.Data); err == nil && e.Unique != "" && keyHash(e.Unique) == k.Hash {
+				k.Key = e.Unique
+			}
+		}
+		rd.Close()
+	}
 }

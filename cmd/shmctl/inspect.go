@@ -85,9 +85,11 @@ type UniqueInfo struct {
 	Keys    []UniqueKey `json:"keys"`
 }
 
-// UniqueKey is one live unique key (the table keeps its hash, not its text).
+// UniqueKey is one live unique key. The table keeps its hash; Key is its
+// text while the winning event is still in the ring, else "".
 type UniqueKey struct {
 	Hash        string `json:"hash"`
+	Key         string `json:"key,omitempty"`
 	Seq         uint64 `json:"seq"`
 	PID         int    `json:"pid"`
 	RemainingMS int64  `json:"remaining_ms"`
@@ -136,14 +138,14 @@ func inspect(r *ring.Ring, rows []ReaderRow) (Info, error) {
 	}
 	info.Fill = float64(info.Held) / float64(g.IndexSlots)
 	info.Readers.Live, info.Readers.Dead = countAlive(rows)
-	st, keys, err := events.UniqueTable(region)
+	st, keys, err := events.UniqueTable(r)
 	if err != nil {
 		return info, err
 	}
 	info.Unique = UniqueInfo{Entries: st.Entries, Used: st.Used, Live: st.Live, Claims: st.Claims, Full: st.Full, Steals: st.Steals, Keys: []UniqueKey{}}
 	for _, k := range keys {
 		info.Unique.Keys = append(info.Unique.Keys, UniqueKey{
-			Hash: fmt.Sprintf("%016x", k.Hash), Seq: k.Seq, PID: k.PID, RemainingMS: k.Remaining.Milliseconds(),
+			Hash: fmt.Sprintf("%016x", k.Hash), Key: k.Key, Seq: k.Seq, PID: k.PID, RemainingMS: k.Remaining.Milliseconds(),
 		})
 	}
 	return info, nil
@@ -223,7 +225,11 @@ func printInfo(w io.Writer, i Info) error {
 	fmt.Fprintf(tw, "unique table\t%d of %d entries used, %d live; %d claims, %d skipped full, %d locks taken from dead holders\n",
 		u.Used, u.Entries, u.Live, u.Claims, u.Full, u.Steals)
 	for _, k := range u.Keys {
-		fmt.Fprintf(tw, "  key %s\tseq %d, pid %d, %dms left\n", k.Hash, k.Seq, k.PID, k.RemainingMS)
+		name := k.Hash
+		if k.Key != "" {
+			name = strconv.Quote(k.Key)
+		}
+		fmt.Fprintf(tw, "  key %s\tseq %d, pid %d, %dms left\n", name, k.Seq, k.PID, k.RemainingMS)
 	}
 	return tw.Flush()
 }

@@ -498,6 +498,7 @@ type infoDoc struct {
 		Steals  uint64 `json:"steals"`
 		Keys    []struct {
 			Hash        json.RawMessage `json:"hash"`
+			Key         string          `json:"key"`
 			Seq         uint64          `json:"seq"`
 			PID         int             `json:"pid"`
 			RemainingMS float64         `json:"remaining_ms"`
@@ -580,6 +581,7 @@ func TestInfo(t *testing.T) {
 	if assert.Len(t, info.Unique.Keys, 1) {
 		k := info.Unique.Keys[0]
 		assert.NotEmpty(t, k.Hash)
+		assert.Equal(t, "key-1", k.Key, "the key's text, from its event still in the ring")
 		assert.Equal(t, uint64(1), k.Seq)
 		assert.Equal(t, os.Getpid(), k.PID)
 		assert.Greater(t, k.RemainingMS, 0.0)
@@ -590,6 +592,7 @@ func TestInfo(t *testing.T) {
 	out := mustRunTool(t, "info", path)
 	assert.Contains(t, out, path)
 	assert.Regexp(t, `(?i)next\D{0,30}\b4\b`, out, "text info does not show the next sequence (4)")
+	assert.Regexp(t, `key "key-1"\s+seq 1, pid \d+`, out, "text info names the live key")
 }
 
 type readerDoc struct {
