@@ -21,6 +21,7 @@ type ExecReport struct {
 	Action   string             `json:"action"`
 	ID       string             `json:"id"`
 	Seq      uint64             `json:"seq"`
+	Master   int                `json:"master"`   // the pid of the master the workers' acks name; 0: none did
 	Expected []ExecWorkerID     `json:"expected"` // null: no master answered
 	Workers  []ExecWorkerReport `json:"workers"`
 	Missing  []ExecWorkerID     `json:"missing"`
@@ -138,7 +139,7 @@ func printOutput(w io.Writer, id workerpool.WorkerID, data []byte) {
 
 func execReport(path string, res *workerpool.ExecResult, ok bool) ExecReport {
 	rep := ExecReport{
-		Path: path, Action: res.Action, ID: res.ID, Seq: res.Seq,
+		Path: path, Action: res.Action, ID: res.ID, Seq: res.Seq, Master: res.Master,
 		Workers: []ExecWorkerReport{}, Missing: []ExecWorkerID{},
 		Exited: res.Exited(), Failed: len(res.Failed()), Elapsed: res.Elapsed.Seconds(), OK: ok,
 	}

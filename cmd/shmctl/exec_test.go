@@ -57,9 +57,9 @@ type exitStatus int
 func (e exitStatus) Error() string { return fmt.Sprintf("status %d", int(e)) }
 func (e exitStatus) ExitCode() int { return int(e) }
 
-// startPool starts the helper pool on path and waits until both workers
-// answer an exec.
-func startPool(t *testing.T, path string) {
+// startPool starts the helper pool on path, waits until both workers answer
+// an exec, and returns the master's pid.
+func startPool(t *testing.T, path string) int {
 	t.Helper()
 	p := startProcess(t, []string{e2eRoleEnv + "=pool", e2eRingEnv + "=" + path},
 		os.Args[0], "-test.run=^TestHelperProcess$")
@@ -76,7 +76,7 @@ func startPool(t *testing.T, path string) {
 	for {
 		_, _, code := runTool(t, "exec", path, "echo", "--min", "2", "--timeout", "2s")
 		if code == 0 {
-			return
+			return p.cmd.Process.Pid
 		}
 		require.True(t, time.Now().Before(deadline), "the pool never had two workers answering; stderr: %s", p.stderrText())
 	}
@@ -84,16 +84,17 @@ func startPool(t *testing.T, path string) {
 
 func TestExec(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "pool.events")
-	startPool(t, path)
+	master := startPool(t, path)
 
 	out := mustRunTool(t, "exec", path, "echo", "a", "b c", "--json")
 	var rep ExecReport
 	require.NoError(t, json.Unmarshal([]byte(out), &rep), "one JSON object: %s", out)
 	var raw map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &raw))
-	assertKeys(t, raw, "exec --json", "path", "action", "id", "seq", "expected", "workers", "missing", "exited", "failed", "elapsed_seconds", "ok")
+	assertKeys(t, raw, "exec --json", "path", "action", "id", "seq", "master", "expected", "workers", "missing", "exited", "failed", "elapsed_seconds", "ok")
 	assert.Equal(t, path, rep.Path)
 	assert.True(t, rep.OK)
+	assert.Equal(t, master, rep.Master, "the master the acks name")
 	assert.Len(t, rep.Expected, 2, "the master expects both workers")
 	assert.Empty(t, rep.Missing)
 	require.Len(t, rep.Workers, 2)
