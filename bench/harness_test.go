@@ -11,6 +11,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/shm"
 )
 
 func frame(size, id int, seq uint64, stamp int64) []byte {
@@ -165,6 +168,11 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 		{Rate: -1},
 		{Dir: "/nonexistent/shmbench"},
 		{Dir: "/dev/null"},
+		{RingBytes: 5_000_000},
+		{RingBytes: -1},
+		{RingSlots: 1000},
+		{RingSlots: shm.MaxIndexSlots * 2},
+		{RingBytes: 4096, Sizes: []int{4096}},
 	} {
 		if bad.Dir == "" {
 			bad.Dir = t.TempDir()
@@ -178,6 +186,54 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 	assert.True(t, c.wants("events/wake"))
 	assert.False(t, c.wants("events/spin"))
 	assert.True(t, c.wants("broker/unix"))
+}
+
+// The ring and events rows run on ringSizes' ring unless told otherwise,
+// prepareRing makes its file with exactly the geometry the report states,
+// and eventOverhead is what the bus adds to a message.
+func TestRingFile(t *testing.T) {
+	c, err := Config{Dir: t.TempDir(), Sizes: []int{64, MaxSize}}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, []RingGeometry{
+		{Size: 64, DataBytes: 64 << 20, IndexSlots: 1 << 20},
+		{Size: MaxSize, DataBytes: 128 << 20, IndexSlots: 1 << 20},
+	}, c.ringFiles())
+	c.Series = []string{"pipe"}
+	assert.Empty(t, c.ringFiles(), "no ring or events rows")
+
+	c, err = Config{Dir: t.TempDir(), RingBytes: 8 << 20, RingSlots: 1 << 16}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, []RingGeometry{{Size: 64, DataBytes: 8 << 20, IndexSlots: 1 << 16}}, c.ringFiles())
+
+	env := &runEnv{spec: childSpec{Dir: t.TempDir(), Size: 64}, ring: c.ringFile(64)}
+	require.NoError(t, prepareRing(env))
+	region, err := shm.Open(ringPath(env.spec.Dir), shm.Options{})
+	require.NoError(t, err)
+	defer region.Close()
+	assert.Equal(t, env.ring, region.Geometry())
+
+	bus, err := events.Open(events.Options{Path: ringPath(env.spec.Dir), Mode: events.Manual, Observe: true, MustExist: true})
+	require.NoError(t, err)
+	defer bus.Close()
+	assert.Equal(t, int(env.ring.MaxRecord)-eventOverhead, bus.MaxData(benchSource, benchName, ""))
+}
+
+// A report names its ring files: one geometry, or each with its sizes.
+func TestRingLine(t *testing.T) {
+	var out bytes.Buffer
+	rep := &Report{Rings: []RingGeometry{{Size: 64, DataBytes: 64 << 20, IndexSlots: 1 << 20}}}
+	require.NoError(t, rep.WriteTable(&out))
+	assert.Contains(t, out.String(), "\nring: 64MiB data, 1048576 index slots (ring and events series;")
+
+	out.Reset()
+	rep.Rings = append(rep.Rings, RingGeometry{Size: 256, DataBytes: 64 << 20, IndexSlots: 1 << 20}, RingGeometry{Size: MaxSize, DataBytes: 128 << 20, IndexSlots: 1 << 20})
+	require.NoError(t, rep.WriteTable(&out))
+	assert.Contains(t, out.String(), "\nring: 64MiB data, 1048576 index slots at 64B, 256B; 128MiB data, 1048576 index slots at 64KiB (")
+
+	out.Reset()
+	rep.Rings = nil
+	require.NoError(t, rep.WriteTable(&out))
+	assert.NotContains(t, out.String(), "ring:")
 }
 
 // A child that fails says why, and the row carries it; the others still run.

@@ -78,6 +78,9 @@ func (m Machine) String() string {
 // WriteTable writes the report as aligned tables: latency, then throughput.
 func (rep *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "machine: %s\n", rep.Machine)
+	if len(rep.Rings) > 0 {
+		fmt.Fprintf(w, "ring: %s\n", ringLine(rep.Rings))
+	}
 	for _, warn := range rep.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
@@ -132,6 +135,30 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "\nran %s in %s\n", rep.Started, rep.Elapsed)
 	return nil
+}
+
+// ringLine describes the ring files of a run: one geometry, or each with
+// the payload sizes that ran on it.
+func ringLine(rings []RingGeometry) string {
+	type shape struct{ dataBytes, slots int }
+	var shapes []shape
+	sizes := map[shape][]string{}
+	for _, g := range rings {
+		s := shape{g.DataBytes, g.IndexSlots}
+		if sizes[s] == nil {
+			shapes = append(shapes, s)
+		}
+		sizes[s] = append(sizes[s], fmtSize(g.Size))
+	}
+	var parts []string
+	for _, s := range shapes {
+		part := fmt.Sprintf("%s data, %d index slots", fmtSize(s.dataBytes), s.slots)
+		if len(shapes) > 1 {
+			part += " at " + strings.Join(sizes[s], ", ")
+		}
+		parts = append(parts, part)
+	}
+	return strings.Join(parts, "; ") + " (ring and events series; their paced rows use the bus's default ring)"
 }
 
 func fmtDur(d time.Duration) string {

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/shmring/shmring/shm"
 )
 
 // Config is what Run measures. The zero value, with Exe set or taken from
@@ -54,6 +56,12 @@ type Config struct {
 	// Series, if set, keeps only the series with these names (events/wake,
 	// broker/unix, pipe, chan, ring, floor/spsc, floor/futex, ...).
 	Series []string
+	// RingBytes and RingSlots are the data bytes and index slots of the
+	// ring files of the ring and events series, powers of two (default
+	// 64 MiB, 128 MiB for payloads near MaxSize, and 2^20 slots). Their
+	// paced rows run on the bus's default ring.
+	RingBytes int
+	RingSlots int
 	// Progress, if set, gets a line as each run starts.
 	Progress io.Writer
 }
@@ -147,6 +155,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Rate > MaxRate {
 		return c, fmt.Errorf("bench: rate %d is above %d a second", c.Rate, MaxRate)
 	}
+	if c.RingBytes < 0 || c.RingSlots < 0 {
+		return c, errors.New("bench: negative ring bytes or slots")
+	}
+	if c.RingSlots > shm.MaxIndexSlots {
+		return c, fmt.Errorf("bench: %d ring index slots is above %d", c.RingSlots, shm.MaxIndexSlots)
+	}
+	for _, s := range c.Sizes {
+		if err := c.checkRingFile(s); err != nil {
+			return c, err
+		}
+	}
 	known := c.seriesNames()
 	for _, s := range c.Series {
 		if !slices.Contains(known, s) {
@@ -171,6 +190,49 @@ func (c Config) seriesNames() []string {
 	return append(names, "ring", "broker/unix", "pipe", seriesChan)
 }
 
+// ringFile returns the geometry of the ring file the ring and events rows
+// of payloads of size bytes run on: RingBytes and RingSlots where set,
+// ringSizes' otherwise, and shm's defaults for the rest.
+func (c Config) ringFile(size int) shm.Geometry {
+	data, slots := ringSizes(size)
+	if c.RingBytes > 0 {
+		data = c.RingBytes
+	}
+	if c.RingSlots > 0 {
+		slots = c.RingSlots
+	}
+	return shm.Geometry{DataBytes: uint64(data), IndexSlots: uint32(slots)}.WithDefaults()
+}
+
+// checkRingFile reports whether shm can make the ring file of payloads of
+// size bytes, and whether one of its records holds such a payload as an
+// event (larger than the bare ring's record of it).
+func (c Config) checkRingFile(size int) error {
+	g := c.ringFile(size)
+	if err := g.Validate(); err != nil {
+		return fmt.Errorf("bench: ring file: %w", err)
+	}
+	if record := size + eventOverhead; record > int(g.MaxRecord) {
+		return fmt.Errorf("bench: a ring of %s data and %d index slots takes records of up to %d bytes, too small for %d-byte payloads (%d bytes as events)",
+			fmtSize(int(g.DataBytes)), g.IndexSlots, g.MaxRecord, size, record)
+	}
+	return nil
+}
+
+// ringFiles lists the geometries of the ring files of the run's ring and
+// events rows, one per payload size; none if it runs no such row.
+func (c Config) ringFiles() []RingGeometry {
+	if !c.wants("ring") && !slices.ContainsFunc(c.Modes, func(m string) bool { return c.wants("events/" + m) }) {
+		return nil
+	}
+	var out []RingGeometry
+	for _, size := range c.Sizes {
+		g := c.ringFile(size)
+		out = append(out, RingGeometry{Size: size, DataBytes: int(g.DataBytes), IndexSlots: int(g.IndexSlots)})
+	}
+	return out
+}
+
 func (c Config) wants(series string) bool {
 	if strings.HasPrefix(series, "events/") && !slices.Contains(c.Modes, strings.TrimPrefix(series, "events/")) {
 		return false
@@ -185,9 +247,19 @@ type Report struct {
 	Started  string   `json:"started"`
 	Elapsed  string   `json:"elapsed"`
 	Warnings []string `json:"warnings,omitempty"`
+	// Rings are the ring files the ring and events rows ran on.
+	Rings []RingGeometry `json:"rings,omitempty"`
 	// Interrupted says the run was stopped before every row was measured.
 	Interrupted bool   `json:"interrupted,omitempty"`
 	Rows        []*Row `json:"rows"`
+}
+
+// RingGeometry is the shape of the ring file that the ring and events rows
+// of one payload size ran on (their paced rows use the bus's default).
+type RingGeometry struct {
+	Size       int `json:"size"`
+	DataBytes  int `json:"data_bytes"`
+	IndexSlots int `json:"index_slots"`
 }
 
 // Row is one measured series in one configuration.
@@ -260,7 +332,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	start := time.Now()
-	rep := &Report{Machine: ReadMachine(), Started: start.UTC().Format(time.RFC3339)}
+	rep := &Report{Machine: ReadMachine(), Started: start.UTC().Format(time.RFC3339), Rings: cfg.ringFiles()}
 	rep.Machine.CPUSpeed = MeasureCPUSpeeds()
 	rep.Machine.ClockReadNs = MeasureClockRead()
 	h := &harness{ctx: ctx, cfg: cfg, rep: rep}
@@ -548,6 +620,8 @@ type runEnv struct {
 	group   *group
 	timeout time.Duration
 	broker  *child
+	// ring is the geometry prepareRing creates the ring file with.
+	ring shm.Geometry
 	// Files to hand down, and the harness's copies to close once the
 	// children have them.
 	readerFiles     [][]*os.File
@@ -571,6 +645,7 @@ func (h *harness) runTransport(series string, producers, readers, size, rate int
 		},
 		group:   g,
 		timeout: 30 * time.Second,
+		ring:    h.cfg.ringFile(size),
 	}
 	if rate > 0 {
 		// Enough samples at a rate for a p99.9: 10,000 at the defaults.

@@ -125,9 +125,8 @@ func ringPath(dir string) string { return filepath.Join(dir, "ring") }
 // prepareRing creates the ring file, so that no child's first open races
 // another's over its geometry.
 func prepareRing(r *runEnv) error {
-	data, slots := ringSizes(r.spec.Size)
 	bus, err := events.Open(events.Options{
-		Path: ringPath(r.spec.Dir), Size: data, Slots: slots, Mode: events.Manual, Observe: true,
+		Path: ringPath(r.spec.Dir), Size: int(r.ring.DataBytes), Slots: int(r.ring.IndexSlots), Mode: events.Manual, Observe: true,
 	})
 	if err != nil {
 		return err
@@ -140,6 +139,10 @@ const (
 	benchSource = "bench"
 	benchName   = "m"
 )
+
+// eventOverhead is what a ring record of the bus holds besides a message:
+// the event's 24-byte header, its source and its name (events' wire format).
+const eventOverhead = 24 + len(benchSource) + len(benchName)
 
 type eventsSender struct{ bus *events.Bus }
 
