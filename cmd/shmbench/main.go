@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +51,30 @@ func (e errUsage) Unwrap() error { return e.error }
 type errFailedRows struct{ n int }
 
 func (e errFailedRows) Error() string { return fmt.Sprintf("%d rows failed", e.n) }
+
+// byteSize is a flag's count of bytes: an integer, or one with a binary
+// suffix (4096, 4KiB, 64MiB, 1GiB).
+type byteSize int
+
+func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+
+func (b *byteSize) Type() string { return "bytes" }
+
+func (b *byteSize) Set(s string) error {
+	num, shift := s, 0
+	for i, unit := range []string{"KiB", "MiB", "GiB"} {
+		if n, ok := strings.CutSuffix(s, unit); ok {
+			num, shift = strings.TrimSpace(n), 10*(i+1)
+			break
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 63-shift)
+	if err != nil {
+		return errors.New("want a count of bytes such as 67108864 or 64MiB")
+	}
+	*b = byteSize(n << shift)
+	return nil
+}
 
 func newCommand(stdout, stderr io.Writer) *cobra.Command {
 	var (
@@ -135,6 +160,8 @@ received; a row that lost events says so.`,
 	f.IntVar(&cfg.Samples, "samples", 0, "samples per paced latency series (default 20000)")
 	f.DurationVar(&cfg.Interval, "interval", 0, "Timer mode's poll period (default 1ms)")
 	f.StringVar(&cfg.Dir, "dir", "", "where the runs' rings live (default /dev/shm)")
+	f.Var((*byteSize)(&cfg.RingBytes), "ring-bytes", "data bytes of the ring and events series' rings, a power of two such as 4MiB (default 64MiB, more for the largest sizes)")
+	f.IntVar(&cfg.RingSlots, "ring-slots", 0, "index slots of the ring and events series' rings, a power of two (default 1048576)")
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return errUsage{err} })
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)

@@ -147,3 +147,37 @@ func TestUsageErrors(t *testing.T) {
 		assert.True(t, errors.As(err, &usage), "%q: %v", args, err)
 	}
 }
+
+// A ring geometry the ring cannot have, or too small for the payloads, is a
+// usage error that says so, before any child runs.
+func TestRingGeometryUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ring-bytes", "5000000"}, "data bytes 5000000: want a power of two"},
+		{[]string{"--ring-bytes", "lots"}, `invalid argument "lots" for "--ring-bytes"`},
+		{[]string{"--ring-bytes", "4MB"}, "such as 67108864 or 64MiB"},
+		{[]string{"--ring-bytes", "4KiB", "--size", "4096"}, "too small for 4096-byte payloads"},
+		{[]string{"--ring-slots", "1000"}, "index slots 1000: want a power of two"},
+	} {
+		_, _, err := run(t, append(c.args, "--quick", "--dir", t.TempDir())...)
+		var usage errUsage
+		assert.True(t, errors.As(err, &usage), "%q: %v", c.args, err)
+		assert.ErrorContains(t, err, c.want, "%q", c.args)
+	}
+}
+
+// A run on a ring of the geometry asked for says so in its JSON report.
+func TestRingGeometryReported(t *testing.T) {
+	args := []string{"--quick", "--series", "ring", "--readers", "1", "--producers", "1", "--ring-bytes", "8MiB", "--ring-slots", "65536", "--dir", t.TempDir()}
+	stdout, stderr, err := run(t, append(args, "--json")...)
+	require.NoError(t, err, stderr)
+	var rep bench.Report
+	require.NoError(t, json.Unmarshal([]byte(stdout), &rep), stdout)
+	assert.Equal(t, []bench.RingGeometry{{Size: 64, DataBytes: 8 << 20, IndexSlots: 65536}}, rep.Rings)
+	require.Len(t, rep.Rows, 1)
+	assert.Equal(t, "ring", rep.Rows[0].Series)
+	assert.False(t, rep.Rows[0].Failed(), rep.Rows[0].Check)
+	assert.Positive(t, rep.Rows[0].Sent)
+}
