@@ -249,9 +249,11 @@ type Bus struct {
 	pid    int
 	cursor atomic.Uint64 // rd.Cursor() after the last record handled
 
-	// life is read-held by every call that touches the ring and
-	// write-held by Close, so Close never unmaps under a running call.
+	// life is read-held by the calls that touch the region other than
+	// publish (which pub counts instead, for less than a read lock costs)
+	// and write-held by Close, so Close never unmaps under a running call.
 	life       sync.RWMutex
+	pub        publishers
 	closing    atomic.Bool // Close has begun
 	closed     atomic.Bool // Close has posted "stopping": new calls fail
 	deferClose atomic.Bool // Close left its teardown to the running poll
@@ -283,9 +285,9 @@ type Bus struct {
 	stopErr  error // why the bus stopped, if not by Close; set before done closes
 
 	stats struct {
-		posted, received, handled, dropped, panics, local atomic.Uint64
-		malformed, uniqueRun, uniqueIgnored, uniqueFull   atomic.Uint64
-		lost, abandoned, corrupt                          atomic.Uint64 // mirrors of the reader's
+		received, handled, dropped, panics, local       atomic.Uint64
+		malformed, uniqueRun, uniqueIgnored, uniqueFull atomic.Uint64
+		lost, abandoned, corrupt                        atomic.Uint64 // mirrors of the reader's
 	}
 }
 
@@ -420,12 +422,13 @@ func (b *Bus) teardown(onPoller bool) error {
 	if !onPoller {
 		b.poller.Wait()
 	}
-	// pollMu before life: a poll's handlers may post (life.RLock) while the
+	// pollMu before life: a poll's handlers may post unique events (life.RLock) while the
 	// poll holds pollMu, and nobody holds life while waiting for pollMu.
 	b.pollMu.Lock()
 	defer b.pollMu.Unlock()
-	b.life.Lock() // waits for posts in flight; later ones see closed
+	b.life.Lock() // waits for the calls in flight that hold it; later ones see closed
 	defer b.life.Unlock()
+	b.waitPublishers()
 	b.regMu.Lock()
 	for s := range b.subs {
 		if s.stop != nil {
@@ -491,8 +494,10 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 		return 0, fmt.Errorf("%w: unique key longer than %d bytes", ErrTooBig, MaxNameLen)
 	}
 	n := encodedSize(source, name, unique, data)
-	b.life.RLock()
-	defer b.life.RUnlock()
+	// Full barrier, before the closed check: pairs with Close's store of
+	// closed and its wait for publishers (waitPublishers).
+	b.pub.started.Add(1)
+	defer b.pubDone(&err)
 	if b.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -516,8 +521,48 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 		}
 		return 0, fmt.Errorf("events: post %s/%s to %s: %w", source, name, b.opts.Path, err)
 	}
-	b.stats.posted.Add(1)
 	return seq, nil
+}
+
+// publishers counts the calls of publish as they start, and as they end,
+// by outcome: a call that has ended touches the region no more. Close
+// waits until the ended ones are all that started (waitPublishers). The
+// two atomic adds a call makes are what a read lock would cost, and the
+// second is its count in Stats.Posted too.
+type publishers struct {
+	started   atomic.Uint64
+	_         [56]byte
+	succeeded atomic.Uint64 // Stats.Posted
+	failed    atomic.Uint64
+}
+
+// pubDone ends a publish call. The add is a release: the call is done
+// with the region before waitPublishers can count it.
+func (b *Bus) pubDone(err *error) {
+	if *err != nil {
+		b.pub.failed.Add(1)
+	} else {
+		b.pub.succeeded.Add(1)
+	}
+}
+
+// waitPublishers waits until no publish call is touching the region. It
+// runs after closed is set: a call that starts later sees closed and
+// touches nothing.
+func (b *Bus) waitPublishers() {
+	for spins := 0; ; spins++ {
+		// The ended first: they only grow and never pass started, so if
+		// they equal started loaded last, no call was under way then.
+		ended := b.pub.succeeded.Load() + b.pub.failed.Load()
+		if ended == b.pub.started.Load() {
+			return
+		}
+		if spins < 64 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
 }
 
 // smallEvent is the largest encoded event publish builds on its stack. The
@@ -989,7 +1034,7 @@ func (b *Bus) Cursor() uint64 { return b.cursor.Load() }
 // Stats returns the bus's counters.
 func (b *Bus) Stats() Stats {
 	s := Stats{
-		Posted:        b.stats.posted.Load(),
+		Posted:        b.pub.succeeded.Load(),
 		Received:      b.stats.received.Load(),
 		Handled:       b.stats.handled.Load(),
 		Lost:          b.stats.lost.Load(),
