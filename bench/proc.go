@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,8 +78,7 @@ type child struct {
 	stdin io.WriteCloser
 	out   *lines.Buffer
 
-	mu     sync.Mutex
-	stderr bytes.Buffer // written by exec's copier until done is closed
+	stderr lines.Text // written by exec's copier until done is closed
 	done   chan struct{}
 	err    error
 }
@@ -101,7 +99,7 @@ func startChild(exe, role string, args []string, extra ...*os.File) (*child, err
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
 		return nil, err
 	}
-	cmd.Stderr = &lockedWriter{w: &c.stderr, mu: &c.mu}
+	cmd.Stderr = &c.stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start %s: %w", role, err)
 	}
@@ -113,22 +111,7 @@ func startChild(exe, role string, args []string, extra ...*os.File) (*child, err
 	return c, nil
 }
 
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (c *child) stderrText() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return strings.TrimSpace(c.stderr.String())
-}
+func (c *child) stderrText() string { return strings.TrimSpace(c.stderr.String()) }
 
 // expect waits up to timeout for a line that starts with prefix and returns
 // the rest of it.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/internal/lines"
 )
 
 // End-to-end tests of the built demo: a master and its workers on a
@@ -57,7 +56,7 @@ type demoProc struct {
 	url     string
 	ring    string
 	workers string // as the start line says
-	stderr  *lockedWriter
+	stderr  *lines.Text
 	done    chan struct{}
 }
 
@@ -66,7 +65,7 @@ func startDemo(t *testing.T, args ...string) *demoProc {
 	cmd := exec.Command(demoBin, append([]string{"--addr", "127.0.0.1:0", "--workers", "2"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	stderr := &lockedWriter{w: &bytes.Buffer{}}
+	stderr := &lines.Text{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	d := &demoProc{cmd: cmd, stderr: stderr, done: make(chan struct{})}
@@ -103,23 +102,6 @@ func startDemo(t *testing.T, args ...string) *demoProc {
 		}
 	}()
 	return d
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }
 
 func getJSON(t *testing.T, method, url string, v any) int {

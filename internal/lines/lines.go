@@ -6,6 +6,7 @@ package lines
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"strings"
@@ -109,4 +110,26 @@ func (b *Buffer) All() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.all...)
+}
+
+// Text keeps everything written to it, for a stream that is not read line
+// by line (a child's stderr, quoted in an error). Its methods are safe for
+// concurrent use: exec's copier writes while the parent reads.
+type Text struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p; it never fails.
+func (t *Text) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (t *Text) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.String()
 }

@@ -1,8 +1,10 @@
 package lines
 
 import (
+	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,4 +65,27 @@ func TestChangedClosesOnTheNextLine(t *testing.T) {
 		t.Fatal("not closed by a line")
 	}
 	assert.Equal(t, []string{"one"}, b.All())
+}
+
+func TestTextConcurrentWriters(t *testing.T) {
+	var text Text
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				fmt.Fprintf(&text, "%d\n", i)
+				_ = text.String() // read while others write
+			}
+		}()
+	}
+	wg.Wait()
+	got := strings.Split(strings.TrimSpace(text.String()), "\n")
+	assert.Len(t, got, 400, "every write is kept whole")
+	counts := map[string]int{}
+	for _, l := range got {
+		counts[l]++
+	}
+	assert.Equal(t, map[string]int{"0": 100, "1": 100, "2": 100, "3": 100}, counts)
 }

@@ -16,13 +16,11 @@ package testproc
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,7 +79,7 @@ type Proc struct {
 	// children blocked in WaitStdinClosed all go on at once.
 	Stdin io.WriteCloser
 
-	stderr *syncBuffer
+	stderr *lines.Text
 	out    *lines.Buffer
 	done   chan struct{}
 	err    error
@@ -101,7 +99,7 @@ func Start(t testing.TB, role string, args ...string) *Proc {
 	if err != nil {
 		t.Fatalf("testproc: stdin pipe: %v", err)
 	}
-	p := &Proc{Stdin: stdin, Role: role, Cmd: cmd, stderr: &syncBuffer{}, out: lines.New(), done: make(chan struct{})}
+	p := &Proc{Stdin: stdin, Role: role, Cmd: cmd, stderr: &lines.Text{}, out: lines.New(), done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("testproc: start %s: %v", role, err)
@@ -172,23 +170,6 @@ func (p *Proc) Lines() []string { return p.out.All() }
 
 // Stderr returns what the child wrote to stderr so far.
 func (p *Proc) Stderr() string { return p.stderr.String() }
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // WaitStopped waits until every thread of process pid is stopped (after a
 // SIGSTOP, which takes effect asynchronously), failing the test if that has
