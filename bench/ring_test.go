@@ -25,8 +25,8 @@ import (
 //
 // Each record carries (producer id << 48 | counter) in its first and last 8
 // bytes; the reader checks that every producer's counters arrive complete
-// and in order, and that both copies agree (the ring itself also checks a
-// CRC32C of every record).
+// and in order, and that both copies agree (the ring itself also checks
+// every record's checksum).
 
 func TestHelperProcess(t *testing.T) {
 	testproc.Serve(map[string]testproc.Role{
