@@ -32,5 +32,7 @@
 // Exec asks every worker to run a named Action, in the manner of Consul's
 // exec: per worker an ack, its output and its exit status, then a summary
 // naming the workers that did not answer. Requests and replies are events on
-// the bus under the source "workerpool"; DESIGN.md lists them.
+// the bus under the source "workerpool"; DESIGN.md lists them. A bus file
+// serves one pool: Exec would gather the answers of every pool's workers on
+// it.
 package workerpool
