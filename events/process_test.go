@@ -896,6 +896,60 @@ func TestProcPostUniqueRunsAgainAfterTimeout(t *testing.T) {
 	}
 }
 
+// TestProcUniqueEntryKeptForLaggingProcess: a key's entry is not given to
+// another key while a live process has still to poll a follow-up of its
+// winner, though the winner has left the ring and the key has expired; the
+// lagging process then ignores the follow-up, as the others did.
+func TestProcUniqueEntryKeptForLaggingProcess(t *testing.T) {
+	const timeout = 20 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "bus")
+	r, err := ring.Open(path, shm.Options{Geometry: shm.Geometry{IndexSlots: 16, DataBytes: 1 << 16, UniqueSlots: 2}})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	cfg := busConfig{Path: path, Mode: events.Manual, Timeout: timeout}
+	poster, a, lagging := startBus(t, cfg), startBus(t, cfg), startBus(t, cfg) // the poster has no handler
+	a.do("reg u cache purge")
+	lagging.do("reg u cache purge")
+
+	winner := r.Next()
+	poster.do("unique cache purge users winner")
+	a.do("poll")
+	lagging.do("poll")
+	require.Equal(t, 1, a.count("u"))
+	followUp := r.Next()
+	poster.do("unique cache purge users follow-up")
+	for r.Oldest() <= winner {
+		poster.do("publish filler tick x")
+	}
+	require.LessOrEqual(t, r.Oldest(), followUp, "the follow-up is still in the ring")
+	poster.do("poll")
+	a.do("poll")
+	require.Equal(t, 1, a.count("u"), "a ignored the follow-up")
+	deadline := time.Now().Add(waitLong)
+	for !strings.Contains(poster.do("keys"), `"Keys":null`) { // the poster's clock decides
+		require.True(t, time.Now().Before(deadline), "the key never expired")
+		time.Sleep(timeout / 4)
+	}
+
+	_, err = poster.reply(poster.send("unique cache purge groups x"))
+	require.ErrorContains(t, err, "unique table full", "the entry still answers for the follow-up")
+	lagging.do("poll")
+	assert.Zero(t, lagging.count("u"), "the lagging process ignores the follow-up too")
+
+	// Once the follow-up has left the ring and every process, the entry
+	// serves a new key, which runs once.
+	for r.Oldest() <= followUp {
+		poster.do("publish filler tick x")
+	}
+	for _, c := range []*busChild{poster, a, lagging} {
+		c.do("poll")
+	}
+	poster.do("unique cache purge groups x")
+	a.do("poll")
+	lagging.do("poll")
+	assert.Equal(t, 2, a.count("u")+lagging.count("u"), "the winner and the new key, once each")
+}
+
 // TestProcPostUniqueSkipsProcessWithoutHandler: the poster has no handler
 // for the event, so it does not claim it; the other process, which has one,
 // runs it; a follow-up is ignored by both.
