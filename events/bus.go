@@ -975,25 +975,32 @@ func (b *Bus) run() {
 			case <-tick.C:
 			}
 		case Spin:
-			// Watch the index word of the next event with plain loads: it
-			// turns ready with the event's commit, and the line it brings
-			// in is the one the poll needs first. Now and then look at the
-			// claim counter too, so that an entry claimed and never
-			// committed is polled (and abandoned after WaitMax), and a
-			// lapped bus counts its loss.
-			for i := 1; !b.ring.Ready(b.cursor.Load()); i++ {
-				if i%1024 == 0 {
-					if b.ctx.Err() != nil {
-						return
-					}
-					if b.cursor.Load() < b.ring.Next() {
-						break
-					}
-					runtime.Gosched()
-				}
+			if err := b.spinNext(); err != nil {
+				b.opts.Logger.Error("events: wait failed", "path", b.opts.Path, "err", err)
+				b.stop(err)
+				return
 			}
 		}
 	}
+}
+
+// spinNext watches the index word of the next event with plain loads until
+// it is ready or the bus closes: it turns ready with the event's commit,
+// and the line it brings in is the one the poll needs first. Now and then
+// it looks at the claim counter too, so that an entry claimed and never
+// committed is polled (and abandoned after WaitMax), and a lapped bus
+// counts its loss. A file truncated under the mapping gives ErrFault.
+func (b *Bus) spinNext() (err error) {
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+	for i := 1; !b.ring.Ready(b.cursor.Load()); i++ {
+		if i%1024 == 0 {
+			if b.ctx.Err() != nil || b.cursor.Load() < b.ring.Next() {
+				return nil
+			}
+			runtime.Gosched()
+		}
+	}
+	return nil
 }
 
 // waitNext sleeps until the ring holds an event past the cursor.
@@ -1050,21 +1057,32 @@ func (b *Bus) Stats() Stats {
 	}
 	b.life.RLock()
 	if !b.closed.Load() {
-		if next, c := b.ring.Next(), b.cursor.Load(); next > c {
-			s.Lag = next - c
+		if n, err := b.lag(); err == nil {
+			s.Lag = n
 		}
 	}
 	b.life.RUnlock()
 	return s
 }
 
+// lag is how many events are posted that this bus has not handled yet, or
+// ErrFault if the region's file was truncated under it.
+func (b *Bus) lag() (_ uint64, err error) {
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+	if next, c := b.ring.Next(), b.cursor.Load(); next > c {
+		return next - c, nil
+	}
+	return 0, nil
+}
+
 // Unique returns the region's unique-table counters and its live keys.
-func (b *Bus) Unique() (UniqueStats, []UniqueKey, error) {
+func (b *Bus) Unique() (_ UniqueStats, _ []UniqueKey, err error) {
 	b.life.RLock()
 	defer b.life.RUnlock()
 	if b.closed.Load() {
 		return UniqueStats{}, nil, ErrClosed
 	}
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err) // the file was truncated under us
 	st, keys := b.uniq.snapshot()
 	keyTexts(b.ring, keys)
 	return st, keys, nil

@@ -936,9 +936,34 @@ func TestDoneAfterCloseAndAfterTruncation(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the bus did not stop after its file was truncated")
 	}
-	// A Manual bus gets the fault from Poll; a post gets it as an error.
+	// A Manual bus gets the fault from Poll; a post gets it as an error,
+	// and so does a look at the unique table. Stats has no error to give:
+	// with the header page gone too, it leaves Lag at zero.
 	_, err = tx.Poll()
 	assert.ErrorIs(t, err, ring.ErrFault)
 	_, err = tx.Publish("t", "e", nil)
 	assert.ErrorIs(t, err, ring.ErrFault)
+	_, _, err = tx.Unique()
+	assert.ErrorIs(t, err, ring.ErrFault)
+	require.NoError(t, os.Truncate(path, 0))
+	assert.Zero(t, tx.Stats().Lag)
+}
+
+// A Spin-mode bus whose file is truncated under it stops with ErrFault, as
+// a Wake-mode bus does, instead of taking the process down with SIGBUS.
+func TestSpinBusStopsOnTruncation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	b := openBus(t, Options{Path: path, Mode: Spin, Setup: func(b *Bus) {
+		b.Register(func(*Event) {}, Source, EventStarted)
+	}})
+	// Handled is added when a poll ends: the poller has read its own
+	// "started" and gone back to spinning on the ring.
+	waitFor(t, "the poller to handle its started event", func() bool { return b.Stats().Handled == 1 })
+	require.NoError(t, os.Truncate(path, 4096))
+	select {
+	case <-b.Done():
+		assert.ErrorIs(t, b.Err(), ring.ErrFault)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bus did not stop after its file was truncated")
+	}
 }

@@ -174,6 +174,12 @@ func (b *Bus) Subscribe(ctx context.Context, buffer int, source string, names ..
 	})
 	b.regMu.Lock()
 	s.stop = stop
+	if b.closed.Load() {
+		// The bus closed meanwhile: its teardown may have run before stop
+		// was set, and would not release ctx's hold on us.
+		stop()
+		s.stop = nil
+	}
 	b.regMu.Unlock()
 	return s.ch
 }

@@ -349,7 +349,7 @@ func keyTexts(r *ring.Ring, keys []UniqueKey) {
 		k := &keys[i]
 		rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(k.Seq), Unregistered: true, Batch: 1, WaitMax: time.Hour})
 		if err != nil {
-			return // the ring is closed, or the region is damaged: hashes only
+			continue // a damaged entry (no such sequence): its hash only
 		}
 		rec, err := rd.Read()
 		if err == nil && rec.Seq == k.Seq {

@@ -305,11 +305,11 @@ func (rd *Reader) fill() (err error) {
 	// A file truncated under the mapping raises SIGBUS on access; turn
 	// that into an error for this reader instead of a crash of the process.
 	defer RecoverFault(debug.SetPanicOnFault(true), &err)
-	rd.next = 0
 	rd.fills++
 	if rd.slot != nil && rd.fills%64 == 0 {
-		rd.publish()
+		rd.publish() // before next is reset: Cursor is past the batch delivered
 	}
+	rd.next = 0
 	for {
 		// Start each pass empty: a pass whose records were all dropped by
 		// verifyBatch must not leave the arena full for the next one.

@@ -144,3 +144,34 @@ func TestCloseRightAfterCancelledWait(t *testing.T) {
 		require.NoError(t, r.Close())
 	}
 }
+
+// The cursor a reader publishes to its registry slot at a refill is where
+// the reader is, with the counters of the same point: never the start of
+// the batch it has already delivered.
+func TestPublishedCursorAtRefill(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 1024})
+	rd := newTestReader(t, r, ReaderOptions{Batch: 4})
+	for i := range 400 {
+		_, err := r.Append(payload(i, 16))
+		require.NoError(t, err)
+	}
+	slot := func() ReaderInfo {
+		for _, ri := range r.Readers() {
+			if ri.Slot == rd.Slot() {
+				return ri
+			}
+		}
+		t.Fatal("the reader's slot is not in the registry")
+		return ReaderInfo{}
+	}
+	// 63 refills of 4 records, then the 64th refill publishes.
+	for range 63 * 4 {
+		_, err := rd.Read()
+		require.NoError(t, err)
+	}
+	_, err := rd.Read() // the 64th refill
+	require.NoError(t, err)
+	ri := slot()
+	assert.Equal(t, uint64(63*4), ri.Received, "records delivered before the refill")
+	assert.Equal(t, uint64(63*4), ri.Cursor, "the cursor of the same point")
+}
