@@ -206,6 +206,7 @@ type Event struct {
 	Source, Name string
 	Data         []byte
 	Unique       string    // the unique key, or ""
+	FollowUp     bool      // a unique event posted within Timeout of its key's winner: no process runs it (observers see it)
 	PID          int       // the posting process
 	Seq          uint64    // the ring's sequence number; 0 for a local event
 	Posted       time.Time // when the poster posted it (its wall clock)
@@ -237,7 +238,7 @@ type Stats struct {
 	Malformed     uint64 // of Received: records that were not valid events (skipped)
 	UniqueRun     uint64 // unique events this process won and ran
 	UniqueIgnored uint64 // unique events another process ran, or follow-ups within Timeout
-	UniqueFull    uint64 // unique events skipped because the unique table was full
+	UniqueFull    uint64 // unique posts this bus could not make: the unique table was full, or its lock held too long
 }
 
 // Bus is one process's handle on the shared event ring. Its methods may be
@@ -321,8 +322,8 @@ func Open(opts Options) (*Bus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("events: open: %w", err)
 	}
-	table := r.Region().Unique()[:int(r.Region().Geometry().UniqueSlots)*shm.UniqueSlotSize]
-	uniq, err := newUniqueTable(table, opts.WaitMax)
+	g := r.Region().Geometry()
+	uniq, err := newUniqueTable(r.Region().Unique(), int(g.UniqueSlots), int(g.IndexSlots), opts.WaitMax)
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
@@ -503,16 +504,37 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 	}
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	posted := clock.WallNano()
+	var uq *uniquePost
+	if unique != "" {
+		// Winner or follow-up: decided here, once, under the table's lock,
+		// which is held until the event is in the ring.
+		if uq, err = b.uniq.begin(keyHash(unique), posted, b.opts.Timeout); err != nil {
+			b.stats.uniqueFull.Add(1)
+			if errors.Is(err, ErrUniqueTableFull) {
+				return 0, fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, err)
+			}
+			return 0, fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
+		}
+		defer uq.end()
+	}
+	followUp := uq != nil && uq.followUp
 	var seq uint64
 	if n <= smallEvent {
 		// Encoded on the stack: no pooled buffer and no callback.
 		var buf [smallEvent]byte
-		encode(buf[:n], source, name, unique, data, b.pid, posted)
+		encode(buf[:n], source, name, unique, data, b.pid, posted, followUp)
 		seq, err = b.ring.Append(buf[:n])
 	} else {
 		seq, err = b.ring.AppendFunc(n, func(dst []byte) {
-			encode(dst, source, name, unique, data, b.pid, posted)
+			encode(dst, source, name, unique, data, b.pid, posted, followUp)
 		})
+	}
+	if uq != nil {
+		if err != nil {
+			uq.undo() // not posted: the key is as it was
+		} else {
+			uq.done(seq)
+		}
 	}
 	if err != nil {
 		if errors.Is(err, ring.ErrTooBig) {
@@ -584,9 +606,10 @@ func (b *Bus) Post(source, name string, data []byte) (Result, error) {
 
 // PostUnique posts an event that exactly one process runs handlers for: the
 // first to poll it among those with a matching handler. Every later event
-// with the same unique key posted within opts.Timeout of the winner is
-// ignored by every process, however late it polls. It returns ErrUniqueTableFull, without
-// posting, if the region's unique table has no room for the key.
+// with the same unique key posted within opts.Timeout of the winner is a
+// follow-up, marked so as it is posted, and ignored by every process,
+// however late it polls. It returns ErrUniqueTableFull, without posting,
+// if the region's unique table has no room for a new key.
 func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Result, error) {
 	if _, err := b.PublishUnique(source, name, data, unique); err != nil {
 		return 0, err
@@ -595,73 +618,12 @@ func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Resul
 }
 
 // PublishUnique appends a unique event without polling, as Publish does,
-// after the same check of the unique table as PostUnique.
+// deciding as PostUnique does whether it is its key's winner.
 func (b *Bus) PublishUnique(source, name string, data []byte, unique string) (uint64, error) {
 	if unique == "" {
 		return 0, ErrNoUnique
 	}
-	if err := checkNames(source, name); err != nil {
-		return 0, err
-	}
-	if err := b.checkRoom(unique); err != nil {
-		return 0, err
-	}
-	seq, err := b.publish(source, name, unique, data)
-	if err == nil {
-		b.notePosted(unique, seq)
-	}
-	return seq, err
-}
-
-// notePosted tells the unique table about a unique event just posted, in
-// case it follows its key's winner (see uniqueTable.posted). The processes
-// that ignore it tell the table too, so a failure here is logged, not
-// returned: the event is posted.
-func (b *Bus) notePosted(unique string, seq uint64) {
-	b.life.RLock()
-	defer b.life.RUnlock()
-	if b.closed.Load() {
-		return
-	}
-	var err error
-	func() {
-		defer ring.RecoverFault(debug.SetPanicOnFault(true), &err) // the file was truncated under us
-		err = b.uniq.posted(keyHash(unique), seq, b.evictBefore)
-	}()
-	if err != nil {
-		b.opts.Logger.Warn("events: could not record a unique follow-up", "path", b.opts.Path, "seq", seq, "unique", unique, "err", err)
-	}
-}
-
-func (b *Bus) checkRoom(unique string) (err error) {
-	b.life.RLock()
-	defer b.life.RUnlock()
-	if b.closed.Load() {
-		return ErrClosed
-	}
-	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err) // the file was truncated under us
-	ok, err := b.uniq.room(keyHash(unique), b.evictBefore)
-	if err != nil {
-		return fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
-	}
-	if !ok {
-		return fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, ErrUniqueTableFull)
-	}
-	return nil
-}
-
-// evictBefore returns the sequence before which no process can poll an
-// event any more: the oldest still in the ring, or the cursor of the
-// slowest live reader if that is earlier. A unique key whose event lies
-// before it, and which has expired, may give its entry to another key.
-func (b *Bus) evictBefore() uint64 {
-	s := b.ring.Oldest()
-	for _, ri := range b.ring.Readers() {
-		if ri.Alive && ri.Cursor < s {
-			s = ri.Cursor
-		}
-	}
-	return s
+	return b.publish(source, name, unique, data)
 }
 
 // PostLocal runs an event through this process's handlers only; it never
@@ -846,6 +808,7 @@ func (b *Bus) handleRecord(rec ring.Record) {
 	}
 	if len(w.unique) > 0 {
 		e.Unique = string(w.unique)
+		e.FollowUp = w.followUp
 		if !b.opts.Observe && !b.claimUnique(e) {
 			return
 		}
@@ -856,24 +819,23 @@ func (b *Bus) handleRecord(rec ring.Record) {
 // claimUnique decides whether this process runs the unique event e. A
 // process with no handler for e does not compete for it.
 func (b *Bus) claimUnique(e *Event) bool {
+	if e.FollowUp {
+		b.stats.uniqueIgnored.Add(1)
+		return false
+	}
 	if !b.anyMatch(e) {
 		return false
 	}
-	res, err := b.uniq.claim(keyHash(e.Unique), e.Seq, e.Posted.UnixNano(), b.opts.Timeout, b.evictBefore)
-	if err != nil {
-		// Neither run nor claimed: the event runs nowhere rather than
-		// possibly twice. Counted and logged.
-		b.stats.uniqueFull.Add(1)
-		b.opts.Logger.Error("events: skipped a unique event", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique, "err", err)
-		return false
-	}
-	switch res {
+	switch b.uniq.claim(e.Seq) {
 	case claimWon:
 		b.stats.uniqueRun.Add(1)
 		return true
-	case claimFull:
-		b.stats.uniqueFull.Add(1)
-		b.opts.Logger.Error("events: skipped a unique event: the unique table is full", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique)
+	case claimStale:
+		// The claim word holds an event a whole index later: this one left
+		// the ring before any process with a handler took it, and whether
+		// one did cannot be known. Run nowhere rather than possibly twice.
+		b.stats.uniqueIgnored.Add(1)
+		b.opts.Logger.Warn("events: skipped a unique event that left the ring before it was claimed", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique)
 		return false
 	default:
 		b.stats.uniqueIgnored.Add(1)

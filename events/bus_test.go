@@ -471,18 +471,17 @@ func TestUniqueTableFull(t *testing.T) {
 	assert.Equal(t, int64(2), runs.Load())
 }
 
-func TestUniqueEntryReusedOnceEventLeftRing(t *testing.T) {
-	// Two key entries and a 16-event ring: once a key has expired and its
-	// event has been overwritten, its entry serves a new key.
-	b := openBus(t, Options{Mode: Manual, UniqueSlots: 3, Slots: 16, Timeout: time.Millisecond})
+func TestUniqueEntryReusedOnceExpired(t *testing.T) {
+	// Two key entries: once a key has expired its entry serves a new key,
+	// though its winner is still in the ring. A process that replays the
+	// ring from there runs none of them again: each winner's claim says
+	// who took it.
+	path := filepath.Join(t.TempDir(), "bus")
+	b := openBus(t, Options{Path: path, Mode: Manual, UniqueSlots: 3, Timeout: time.Millisecond})
 	var runs atomic.Int64
 	b.Register(func(*Event) { runs.Add(1) }, "t")
 	for _, k := range []string{"k1", "k2"} {
 		_, err := b.PostUnique("t", "e", nil, k)
-		require.NoError(t, err)
-	}
-	for range 20 {
-		_, err := b.Post("t", "filler", nil)
 		require.NoError(t, err)
 	}
 	waitFor(t, "k1 and k2 to expire", func() bool {
@@ -492,87 +491,160 @@ func TestUniqueEntryReusedOnceEventLeftRing(t *testing.T) {
 	})
 	_, err := b.PostUnique("t", "e", nil, "k3")
 	require.NoError(t, err)
-	assert.Equal(t, int64(23), runs.Load())
+	assert.Equal(t, int64(3), runs.Load())
 	assert.Equal(t, uint64(3), b.Stats().UniqueRun)
+
+	var replayed atomic.Int64
+	late := openBus(t, Options{Path: path, Mode: Manual, StartAt: Oldest,
+		Setup: func(b *Bus) { b.Register(func(*Event) { replayed.Add(1) }, "t") }})
+	_, err = late.Poll()
+	require.NoError(t, err)
+	assert.Zero(t, replayed.Load())
+	assert.Equal(t, uint64(3), late.Stats().UniqueIgnored)
 }
 
-// A key's entry is not given to another key while a process can still poll
-// a follow-up of its winner: that process would find no entry and run the
-// follow-up, which every other process ignored. Here the winner has left
-// the ring, its follow-up (posted within the timeout) has not, a lagging
-// process has read the winner but not the follow-up, and the key has
-// expired when a new key wants the only entry. The table learns of the
-// follow-up from its poster, or else from a process that ignored it.
-func TestUniqueEntryKeptForUnpolledFollowUp(t *testing.T) {
-	for _, by := range []string{"poster", "ignorer"} {
-		t.Run("recorded by its "+by, func(t *testing.T) {
+// A follow-up is marked as such when it is posted, so a process that reads
+// it late ignores it as the others did, even after its key's entry went to
+// another key. Here the winner has left the ring, its follow-up (posted
+// within the timeout) has not, a lagging process has read the winner but
+// not the follow-up, and the key has expired when a new key takes the only
+// entry.
+func TestUniqueFollowUpIgnoredAfterItsEntryIsReused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	const timeout = 20 * time.Millisecond
+	opts := Options{Path: path, Mode: Manual, UniqueSlots: 2, Slots: 16, Timeout: timeout}
+	poster := openBus(t, opts) // no handlers: it takes no part in claims
+	a := openBus(t, opts)
+	lagging := openBus(t, opts)
+	var runsA, runsLagging atomic.Int64
+	a.Register(func(*Event) { runsA.Add(1) }, "cache", "purge")
+	lagging.Register(func(*Event) { runsLagging.Add(1) }, "cache", "purge")
+
+	winner, err := poster.PublishUnique("cache", "purge", []byte("winner"), "users")
+	require.NoError(t, err)
+	_, err = a.Poll()
+	require.NoError(t, err)
+	_, err = lagging.Poll() // reads the winner, which a ran
+	require.NoError(t, err)
+	require.Equal(t, int64(1), runsA.Load())
+
+	// One event between them, so that the follow-up stays in the ring
+	// while one more is posted after the winner has left it.
+	_, err = poster.Publish("filler", "tick", nil)
+	require.NoError(t, err)
+	followUp, err := poster.PublishUnique("cache", "purge", []byte("follow-up"), "users")
+	require.NoError(t, err)
+	followUpPosted := clock.WallNano()
+	for poster.Ring().Oldest() <= winner {
+		_, err := poster.Publish("filler", "tick", nil)
+		require.NoError(t, err)
+	}
+	require.LessOrEqual(t, poster.Ring().Oldest(), followUp, "the follow-up is still in the ring")
+	waitFor(t, "the key to expire", func() bool { return clock.WallNano() > followUpPosted+int64(timeout) })
+
+	_, err = poster.PublishUnique("cache", "purge", nil, "groups")
+	require.NoError(t, err, "the expired key's entry serves the new key")
+	_, keys, err := poster.Unique()
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+	assert.Equal(t, "groups", keys[0].Key)
+
+	require.LessOrEqual(t, poster.Ring().Oldest(), followUp, "the follow-up is still in the ring")
+	_, err = lagging.Poll()
+	require.NoError(t, err)
+	_, err = a.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), lagging.Stats().UniqueIgnored, "the lagging process ignored the winner, which a ran, and the follow-up")
+	assert.Equal(t, int64(2), runsA.Load()+runsLagging.Load(), "the winner and the new key, once each; the follow-up nowhere")
+}
+
+// A key won again after it expired keeps ignoring the follow-ups of its new
+// winner, whichever process polls first and whenever: here the new winner
+// and its follow-up are both posted before any process polls either, and
+// the process that runs the winner closes before it reads the follow-up.
+func TestUniqueFollowUpOfNewWinnerIgnoredByLateReader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	const timeout = 50 * time.Millisecond
+	opts := Options{Path: path, Mode: Manual, Slots: 16, Timeout: timeout}
+	poster := openBus(t, opts)
+	a := openBus(t, opts)
+	var runsA atomic.Int64
+	a.Register(func(e *Event) {
+		runsA.Add(1)
+		if string(e.Data) == "again" {
+			go a.Close() // a stops right after running the new winner
+		}
+	}, "cache", "purge")
+
+	_, err := poster.PostUnique("cache", "purge", []byte("first"), "users")
+	require.NoError(t, err)
+	firstPosted := clock.WallNano()
+	_, err = a.Poll()
+	require.NoError(t, err)
+	waitFor(t, "the key to expire", func() bool { return clock.WallNano() > firstPosted+int64(timeout) })
+	again, err := poster.PublishUnique("cache", "purge", []byte("again"), "users")
+	require.NoError(t, err)
+	for range 2 { // room for the late bus's own "started" once again has left the ring
+		_, err = poster.Publish("filler", "tick", nil)
+		require.NoError(t, err)
+	}
+	followUp, err := poster.PublishUnique("cache", "purge", []byte("follow-up"), "users")
+	require.NoError(t, err)
+	followUpPosted := clock.WallNano()
+	_, err = a.Poll()
+	require.NoError(t, err)
+	require.Equal(t, int64(2), runsA.Load(), "a ran the first winner and the new one")
+	<-a.Done()
+
+	for poster.Ring().Oldest() <= again {
+		_, err := poster.Publish("filler", "tick", nil)
+		require.NoError(t, err)
+	}
+	require.LessOrEqual(t, poster.Ring().Oldest(), followUp, "the follow-up is still in the ring")
+	waitFor(t, "the key to expire again", func() bool { return clock.WallNano() > followUpPosted+int64(timeout) })
+	var runsLate atomic.Int64
+	late := openBus(t, Options{Path: path, Mode: Manual, Timeout: timeout, StartAt: Oldest,
+		Setup: func(b *Bus) { b.Register(func(*Event) { runsLate.Add(1) }, "cache", "purge") }})
+	_, err = late.Poll()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), late.Stats().UniqueIgnored, "the late bus read the follow-up")
+	assert.Zero(t, runsLate.Load(), "the follow-up, posted within Timeout of the new winner, runs nowhere")
+}
+
+// Events that share a unique key but are handled in different processes
+// each run once when they are posted more than Timeout apart, whichever
+// process polls first: a process without a handler for an event takes no
+// part in deciding who runs it, and whether it is a follow-up was decided
+// when it was posted.
+func TestUniqueKeySharedAcrossNamesRunsEach(t *testing.T) {
+	for _, first := range []string{"purger", "refresher"} {
+		t.Run(first+" polls first", func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "bus")
 			const timeout = 20 * time.Millisecond
-			opts := Options{Path: path, Mode: Manual, UniqueSlots: 2, Slots: 16, Timeout: timeout}
-			poster := openBus(t, opts) // no handlers: it takes no part in claims
-			a := openBus(t, opts)
-			lagging := openBus(t, opts)
-			var runsA, runsLagging atomic.Int64
-			a.Register(func(*Event) { runsA.Add(1) }, "cache", "purge")
-			lagging.Register(func(*Event) { runsLagging.Add(1) }, "cache", "purge")
+			opts := Options{Path: path, Mode: Manual, Timeout: timeout}
+			poster := openBus(t, opts)
+			purger, refresher := openBus(t, opts), openBus(t, opts)
+			var purges, refreshes atomic.Int64
+			purger.Register(func(*Event) { purges.Add(1) }, "cache", "purge")
+			refresher.Register(func(*Event) { refreshes.Add(1) }, "cache", "refresh")
 
-			winner, err := poster.PublishUnique("cache", "purge", []byte("winner"), "users")
+			_, err := poster.PublishUnique("cache", "purge", nil, "users")
 			require.NoError(t, err)
-			_, err = a.Poll()
+			posted := clock.WallNano()
+			waitFor(t, "the key to expire", func() bool { return clock.WallNano() > posted+int64(timeout) })
+			_, err = poster.PublishUnique("cache", "refresh", nil, "users")
 			require.NoError(t, err)
-			_, err = lagging.Poll() // reads the winner, which a ran
-			require.NoError(t, err)
-			require.Equal(t, int64(1), runsA.Load())
 
-			var followUp uint64
-			if by == "poster" {
-				followUp, err = poster.PublishUnique("cache", "purge", []byte("follow-up"), "users")
-				require.NoError(t, err)
-			} else {
-				// Straight into the ring: the poster tells the table nothing.
-				rec := make([]byte, encodedSize("cache", "purge", "users", nil))
-				encode(rec, "cache", "purge", "users", nil, os.Getpid(), clock.WallNano())
-				followUp, err = poster.Ring().Append(rec)
-				require.NoError(t, err)
-				_, err = a.Poll()
-				require.NoError(t, err)
-				require.Equal(t, uint64(1), a.Stats().UniqueIgnored, "a ignored the follow-up")
+			order := []*Bus{purger, refresher}
+			if first == "refresher" {
+				order = []*Bus{refresher, purger}
 			}
-			followUpPosted := clock.WallNano()
-			for poster.Ring().Oldest() <= winner {
-				_, err := poster.Publish("filler", "tick", nil)
-				require.NoError(t, err)
-			}
-			require.LessOrEqual(t, poster.Ring().Oldest(), followUp, "the follow-up is still in the ring")
-			_, err = poster.Poll() // no reader but lagging holds the key's entry now
-			require.NoError(t, err)
-			waitFor(t, "the key to expire", func() bool { return clock.WallNano() > followUpPosted+int64(timeout) })
-
-			_, err = poster.PostUnique("cache", "purge", nil, "groups")
-			require.ErrorIs(t, err, ErrUniqueTableFull, "the entry still answers for the follow-up")
-			_, err = lagging.Poll()
-			require.NoError(t, err)
-			assert.Zero(t, runsLagging.Load(), "the lagging process ignores the follow-up too")
-			assert.Equal(t, uint64(2), lagging.Stats().UniqueIgnored)
-			assert.Zero(t, lagging.Stats().Lost)
-
-			// Once the follow-up has left the ring and every reader, the
-			// entry serves a new key.
-			for poster.Ring().Oldest() <= followUp {
-				_, err := poster.Publish("filler", "tick", nil)
-				require.NoError(t, err)
-			}
-			for _, b := range []*Bus{poster, a, lagging} {
+			for _, b := range order {
 				_, err = b.Poll()
 				require.NoError(t, err)
 			}
-			_, err = poster.PostUnique("cache", "purge", nil, "groups")
-			require.NoError(t, err)
-			for _, b := range []*Bus{a, lagging} {
-				_, err = b.Poll()
-				require.NoError(t, err)
-			}
-			assert.Equal(t, int64(1), runsA.Load()+runsLagging.Load()-1, "the new key ran once")
+			assert.Equal(t, int64(1), purges.Load(), "the purge ran once")
+			assert.Equal(t, int64(1), refreshes.Load(), "the refresh ran once")
 		})
 	}
 }
@@ -881,7 +953,7 @@ func TestObserverBus(t *testing.T) {
 
 func TestDecodeExported(t *testing.T) {
 	rec := make([]byte, encodedSize("s", "n", "u", []byte("data")))
-	encode(rec, "s", "n", "u", []byte("data"), 7, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
+	encode(rec, "s", "n", "u", []byte("data"), 7, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano(), false)
 	e, err := Decode(42, rec)
 	require.NoError(t, err)
 	rec[len(rec)-1] = 'X' // the event owns its bytes

@@ -12,7 +12,9 @@ import (
 //
 //	off   size  field
 //	0     1     format version (eventVersion)
-//	1     1     flags: bit 0 = the event carries a unique key; others zero
+//	1     1     flags: bit 0 = the event carries a unique key; bit 1 = it is
+//	            a follow-up of its key's winner, which no process runs (only
+//	            with bit 0); others zero
 //	2     2     source length S (1..MaxNameLen)
 //	4     2     name length N (1..MaxNameLen)
 //	6     2     unique-key length U (0 without a key, else 1..MaxNameLen)
@@ -30,7 +32,8 @@ const (
 	eventVersion = 1
 	headerSize   = 24
 
-	flagUnique = 1 << 0
+	flagUnique   = 1 << 0
+	flagFollowUp = 1 << 1
 
 	// MaxNameLen is the longest source, name or unique key, in bytes.
 	MaxNameLen = 1<<16 - 1
@@ -47,12 +50,16 @@ func encodedSize(source, name, unique string, data []byte) int {
 }
 
 // encode writes the event into dst, which has exactly encodedSize bytes.
-func encode(dst []byte, source, name, unique string, data []byte, pid int, posted int64) {
+// followUp marks a unique event as a follow-up of its key's winner.
+func encode(dst []byte, source, name, unique string, data []byte, pid int, posted int64, followUp bool) {
 	_ = dst[headerSize-1] // one bounds check for the header
 	dst[0] = eventVersion
 	dst[1] = 0
 	if unique != "" {
 		dst[1] = flagUnique
+		if followUp {
+			dst[1] |= flagFollowUp
+		}
 	}
 	binary.LittleEndian.PutUint16(dst[2:], uint16(len(source)))
 	binary.LittleEndian.PutUint16(dst[4:], uint16(len(name)))
@@ -72,6 +79,7 @@ type wireEvent struct {
 	source, name, unique, data []byte
 	pid                        uint32
 	posted                     int64
+	followUp                   bool
 }
 
 // decode parses a record. It never panics, whatever rec holds.
@@ -84,15 +92,16 @@ func decode(rec []byte) (wireEvent, error) {
 		return w, fmt.Errorf("%w: format version %d, want %d", ErrMalformed, rec[0], eventVersion)
 	}
 	flags := rec[1]
-	if flags&^flagUnique != 0 || binary.LittleEndian.Uint32(rec[12:]) != 0 {
+	if flags&^(flagUnique|flagFollowUp) != 0 || binary.LittleEndian.Uint32(rec[12:]) != 0 {
 		return w, fmt.Errorf("%w: unknown flags or reserved bits set", ErrMalformed)
 	}
 	s := int(binary.LittleEndian.Uint16(rec[2:]))
 	n := int(binary.LittleEndian.Uint16(rec[4:]))
 	u := int(binary.LittleEndian.Uint16(rec[6:]))
-	if s == 0 || n == 0 || (u != 0) != (flags&flagUnique != 0) {
-		return w, fmt.Errorf("%w: empty source or name, or unique flag and key disagree", ErrMalformed)
+	if s == 0 || n == 0 || (u != 0) != (flags&flagUnique != 0) || (flags&flagFollowUp != 0 && u == 0) {
+		return w, fmt.Errorf("%w: empty source or name, or unique flags and key disagree", ErrMalformed)
 	}
+	w.followUp = flags&flagFollowUp != 0
 	if headerSize+s+n+u > len(rec) {
 		return w, fmt.Errorf("%w: field lengths %d+%d+%d exceed the %d-byte record", ErrMalformed, s, n, u, len(rec))
 	}
@@ -160,12 +169,13 @@ func Decode(seq uint64, rec []byte) (*Event, error) {
 		return nil, err
 	}
 	return &Event{
-		Source: string(w.source),
-		Name:   string(w.name),
-		Data:   append([]byte(nil), w.data...),
-		Unique: string(w.unique),
-		PID:    int(w.pid),
-		Seq:    seq,
-		Posted: time.Unix(0, w.posted),
+		Source:   string(w.source),
+		Name:     string(w.name),
+		Data:     append([]byte(nil), w.data...),
+		Unique:   string(w.unique),
+		FollowUp: w.followUp,
+		PID:      int(w.pid),
+		Seq:      seq,
+		Posted:   time.Unix(0, w.posted),
 	}, nil
 }

@@ -15,45 +15,46 @@ import (
 	"github.com/shmring/shmring/shm"
 )
 
-// Unique table (shm.Region.Unique: U entries of shm.UniqueSlotSize = 32
-// bytes). Entry 0 is the table's header; entries 1..U-1 hold keys, placed by
-// open addressing (linear probing from hash mod (U-1)).
+// Unique section (shm.Region.Unique): U entries of shm.UniqueSlotSize = 32
+// bytes, the key table, then N claim words of 8 bytes, one per index slot.
+// Entry 0 is the table's header; entries 1..U-1 hold keys, placed by open
+// addressing (linear probing from hash mod (U-1)).
 //
 // Header, entry 0:
 //
 //	off  size  field   notes
-//	0    8     lock    proc.Owner of the process inside a claim; 0 = free
-//	8    8     claims  unique events that won their key (counter)
-//	16   8     full    unique events skipped because no entry was free (counter)
+//	0    8     lock    proc.Owner of the process inside a post; 0 = free
+//	8    8     claims  unique events that ran, in one process each (counter)
+//	16   8     full    unique posts refused because no entry was free (counter)
 //	24   8     steals  locks taken over from a holder that died (counter)
 //
 // Key entry:
 //
 //	off  size  field   notes
 //	0    8     hash    FNV-1a 64 of the key, never 0; 0 = never used
-//	8    8     seq     sequence number + 1 of the event that won the key
-//	16   8     expiry  unix ns: the winner's posting time + Timeout; later events with the key posted before it are ignored
-//	24   4     pid     the process that won it (for operators)
-//	28   4     follow  how far the last known follow-up lies after the winner, in sequence numbers (saturating)
+//	8    8     seq     sequence number + 1 of the key's winning event; 0 while it is being posted
+//	16   8     expiry  unix ns: the winner's posting time + Timeout
+//	24   4     pid     the process that posted the winner (for operators)
+//	28   4     reserved, zero
 //
-// Every field is written only under lock, so a claim is a short critical
-// section of plain decisions rather than a lock-free protocol over several
-// words. Readers outside the lock (operators) see snapshots. Entries are
-// never emptied: a key's entry stays, with its winning sequence, after it
-// expires, so a process that polls the same event late still skips it. An
-// entry is reused for another key only when it has expired and neither its
-// winner nor any follow-up known to the table can be polled any more: each
-// has left the ring and every live reader is past it. Without the
-// follow-ups, a process still short of one would find no entry and run it.
-// A follow-up is made known by its poster, right after it is posted, and
-// by every process that ignores it.
+// Claim word i (after the U entries): sequence number + 1 of the last
+// winning event with seq mod N = i that a process took to run; 0 = none.
 //
-// Whether an event is a follow-up of the winner is decided by the times the
-// events were posted (Event.Posted, in the record), not by when a process
-// polls them: a process that polls late, or starts reading from the oldest
-// event, decides as the processes that polled on time did. The posting
-// times come from internal/clock, which every process derives from
-// CLOCK_MONOTONIC, one clock for the whole machine.
+// Whether a unique event is its key's winner or a follow-up is decided once,
+// by its poster, under the table's lock, and written into the event (a flag
+// of the record): a follow-up is an event posted before the expiry of its
+// key's winner, and no process runs it. Which process runs a winner is
+// decided at poll time by a CAS on its claim word: the first process with a
+// matching handler to take it. Neither decision depends on when, or in which
+// order, processes poll: a process that polls late, replays the ring from
+// Oldest, or has handlers others lack decides as every other process did.
+//
+// A key's entry serves only posters, so an expired one may be given to
+// another key at once. A claim word is reused only by an event a whole index
+// later, when the event it held has left the ring.
+//
+// The posting times come from internal/clock, which every process derives
+// from CLOCK_MONOTONIC, one clock for the whole machine.
 
 type uniqueHeader struct {
 	lock   atomic.Uint64
@@ -67,7 +68,7 @@ type uniqueEntry struct {
 	seq    atomic.Uint64
 	expiry atomic.Int64
 	pid    atomic.Uint32
-	follow atomic.Uint32
+	_      uint32
 }
 
 func init() {
@@ -76,12 +77,14 @@ func init() {
 	}
 }
 
-// uniqueTable is one process's view of the region's unique table.
+// uniqueTable is one process's view of the region's unique section.
 type uniqueTable struct {
-	hdr     *uniqueHeader
-	entries []uniqueEntry // entries[0] is the header's space; keys use 1..
-	me      proc.Owner
-	// lockWait bounds how long a claim waits for a live holder of the lock.
+	hdr       *uniqueHeader
+	entries   []uniqueEntry   // entries[0] is the header's space; keys use 1..
+	claims    []atomic.Uint64 // one per index slot
+	claimMask uint64
+	me        proc.Owner
+	// lockWait bounds how long a post waits for a live holder of the lock.
 	lockWait time.Duration
 }
 
@@ -89,17 +92,23 @@ type uniqueTable struct {
 // lockWait (it is stopped, or the machine is overloaded).
 var errUniqueLock = errors.New("events: unique table lock held too long by a live process")
 
-func newUniqueTable(b []byte, lockWait time.Duration) (*uniqueTable, error) {
-	n := len(b) / shm.UniqueSlotSize
-	if n < 2 {
-		return nil, fmt.Errorf("%w: the region's unique table has %d entries, need at least 2", ErrUniqueTableFull, n)
+// newUniqueTable maps the unique section b of a region with u key-table
+// entries and n index slots (a power of two).
+func newUniqueTable(b []byte, u, n int, lockWait time.Duration) (*uniqueTable, error) {
+	if u < 2 {
+		return nil, fmt.Errorf("%w: the region's unique table has %d entries, need at least 2", ErrUniqueTableFull, u)
 	}
-	entries := unsafe.Slice((*uniqueEntry)(unsafe.Pointer(&b[0])), n)
+	if len(b) < u*shm.UniqueSlotSize+n*shm.UniqueClaimSize || n&(n-1) != 0 {
+		return nil, fmt.Errorf("events: a unique section of %d bytes cannot hold %d entries and %d claim words", len(b), u, n)
+	}
+	claims := b[u*shm.UniqueSlotSize:]
 	return &uniqueTable{
-		hdr:      (*uniqueHeader)(unsafe.Pointer(&b[0])),
-		entries:  entries,
-		me:       proc.Self(),
-		lockWait: lockWait,
+		hdr:       (*uniqueHeader)(unsafe.Pointer(&b[0])),
+		entries:   unsafe.Slice((*uniqueEntry)(unsafe.Pointer(&b[0])), u),
+		claims:    unsafe.Slice((*atomic.Uint64)(unsafe.Pointer(&claims[0])), n),
+		claimMask: uint64(n - 1),
+		me:        proc.Self(),
+		lockWait:  lockWait,
 	}, nil
 }
 
@@ -130,8 +139,8 @@ func (t *uniqueTable) lock() error {
 		}
 		owner := proc.Owner(t.hdr.lock.Load()) // snapshot; the CAS below decides
 		if owner != 0 && !owner.Alive() {
-			// The holder died inside its claim. Dead processes write
-			// nothing more, so taking over is safe; see claim for what it
+			// The holder died inside its post. Dead processes write
+			// nothing more, so taking over is safe; see begin for what it
 			// may have left half-written.
 			if t.hdr.lock.CompareAndSwap(uint64(owner), uint64(t.me)) {
 				t.hdr.steals.Add(1) // counter only
@@ -150,27 +159,14 @@ func (t *uniqueTable) unlock() {
 	t.hdr.lock.Store(0) // release: our entry writes happen before the next holder's reads
 }
 
-// claimResult says what a claim decided.
-type claimResult int
-
-const (
-	claimWon      claimResult = iota // run the handlers
-	claimTaken                       // another process won this very event
-	claimFollowUp                    // an earlier event holds the key and has not expired
-	claimStale                       // a later event already holds the key: this poll is late
-	claimFull                        // no entry is free: skipped and counted
-)
-
-// probe finds key hash's entry, or the entry a new key would take (the first
-// never-used entry of the probe sequence, else the first reusable one). It
-// must run under the lock. oldest is called at most once, when a reusable
-// entry is needed.
-func (t *uniqueTable) probe(hash uint64, now int64, oldest func() uint64) (e *uniqueEntry, found bool) {
+// probe finds key hash's entry, or the entry a new key would take: the
+// first never-used entry of the probe sequence, else the first that has
+// expired at now. It must run under the lock.
+func (t *uniqueTable) probe(hash uint64, now int64) (e *uniqueEntry, found bool) {
 	keys := t.entries[1:]
 	n := uint64(len(keys))
 	start := hash % n
 	var victim *uniqueEntry
-	oldestSeq, haveOldest := uint64(0), false
 	for i := uint64(0); i < n; i++ {
 		c := &keys[(start+i)%n]
 		h := c.hash.Load() // under the lock: plain reads of our own writes or the last holder's
@@ -181,99 +177,113 @@ func (t *uniqueTable) probe(hash uint64, now int64, oldest func() uint64) (e *un
 			return c, true
 		}
 		if victim == nil && c.expiry.Load() <= now {
-			if !haveOldest {
-				oldestSeq, haveOldest = oldest(), true
-			}
-			if s := c.seq.Load(); s != 0 && s-1+uint64(c.follow.Load()) < oldestSeq {
-				victim = c
-			}
+			victim = c
 		}
 	}
 	return victim, false
 }
 
-// claim decides whether this process runs the event seq, posted at posted
-// (unix ns) with key hash, and records the decision in the table.
-//
-// A process that dies inside the section leaves at most one entry half
-// written. The fields are written so that such an entry errs towards
-// running an event nowhere rather than twice: expiry first (follow-ups are
-// ignored), the winning sequence next, then the follow-up distance (a
-// stale one only keeps the entry longer), the key's hash last (a new
-// binding becomes visible only complete).
-func (t *uniqueTable) claim(hash, seq uint64, posted int64, timeout time.Duration, oldest func() uint64) (claimResult, error) {
-	if err := t.lock(); err != nil {
-		return 0, err
+// uniquePost is a unique event being posted: the table's lock is held from
+// begin until end, across the append, so that the decision and the event
+// appear together to every later poster.
+type uniquePost struct {
+	t        *uniqueTable
+	followUp bool
+	// For a winner: its entry, and the entry as it was, for undo.
+	e     *uniqueEntry
+	found bool
+	old   struct {
+		hash, seq uint64
+		expiry    int64
+		pid       uint32
 	}
-	defer t.unlock()
-	e, found := t.probe(hash, clock.WallNano(), oldest)
-	if found {
-		s := e.seq.Load()
-		switch {
-		case s == seq+1:
-			return claimTaken, nil
-		case s > seq+1:
-			return claimStale, nil
-		case posted < e.expiry.Load():
-			e.noteFollowUp(seq)
-			return claimFollowUp, nil
-		}
+}
+
+// begin decides whether an event with key hash posted at posted (unix ns)
+// is its key's winner or a follow-up, and takes the table's lock until end.
+// A winner's entry is written at once, but for its sequence number (done):
+// a poster that dies before it appends leaves a key that ignores follow-ups
+// until it expires, with no winner, which errs towards running an event
+// nowhere rather than twice. It returns ErrUniqueTableFull, unlocked, when
+// no entry is free for a new key.
+func (t *uniqueTable) begin(hash uint64, posted int64, timeout time.Duration) (*uniquePost, error) {
+	if err := t.lock(); err != nil {
+		return nil, err
+	}
+	e, found := t.probe(hash, posted)
+	if found && posted < e.expiry.Load() {
+		return &uniquePost{t: t, followUp: true}, nil
 	}
 	if e == nil {
 		t.hdr.full.Add(1) // counter only
-		return claimFull, nil
+		t.unlock()
+		return nil, ErrUniqueTableFull
 	}
+	p := &uniquePost{t: t, e: e, found: found}
+	p.old.hash, p.old.seq, p.old.expiry, p.old.pid = e.hash.Load(), e.seq.Load(), e.expiry.Load(), e.pid.Load()
 	expiry := posted + int64(timeout)
 	if expiry < posted {
 		expiry = math.MaxInt64 // a Timeout of "for ever" must not wrap into the past
 	}
+	// Expiry first: from here follow-ups are ignored; the hash last, so
+	// that a new binding becomes visible only complete.
 	e.expiry.Store(expiry)
 	e.pid.Store(uint32(t.me.PID()))
-	e.seq.Store(seq + 1)
-	e.follow.Store(0)
+	e.seq.Store(0)
 	if !found {
 		e.hash.Store(hash)
 	}
-	t.hdr.claims.Add(1) // counter only
-	return claimWon, nil
+	return p, nil
 }
 
-// noteFollowUp records that the event seq, a later event with the entry's
-// key, may still be polled: the entry must outlive it. Under the lock.
-func (e *uniqueEntry) noteFollowUp(seq uint64) {
-	s := e.seq.Load()
-	if s == 0 || seq < s {
-		return // no winner yet, or seq is the winner or before it
-	}
-	d := min(seq-(s-1), math.MaxUint32)
-	if uint32(d) > e.follow.Load() {
-		e.follow.Store(uint32(d))
+// done records the winner's sequence number.
+func (p *uniquePost) done(seq uint64) {
+	if p.e != nil {
+		p.e.seq.Store(seq + 1)
 	}
 }
 
-// posted records, for a unique event just posted as seq, that it may
-// follow its key's winner: a key's entry is not given away while a process
-// can still poll a follow-up that nobody has polled yet.
-func (t *uniqueTable) posted(hash, seq uint64, oldest func() uint64) error {
-	if err := t.lock(); err != nil {
-		return err
+// undo puts a winner's entry back as it was: its event was not posted.
+func (p *uniquePost) undo() {
+	if p.e == nil {
+		return
 	}
-	defer t.unlock()
-	if e, found := t.probe(hash, clock.WallNano(), oldest); found {
-		e.noteFollowUp(seq)
-	}
-	return nil
+	p.e.hash.Store(p.old.hash)
+	p.e.seq.Store(p.old.seq)
+	p.e.pid.Store(p.old.pid)
+	p.e.expiry.Store(p.old.expiry)
 }
 
-// room reports whether a claim for hash would find an entry now: the check
-// PostUnique makes before it posts.
-func (t *uniqueTable) room(hash uint64, oldest func() uint64) (bool, error) {
-	if err := t.lock(); err != nil {
-		return false, err
+// end releases the table's lock.
+func (p *uniquePost) end() { p.t.unlock() }
+
+// claimResult says what a claim at poll time decided.
+type claimResult int
+
+const (
+	claimWon   claimResult = iota // run the handlers
+	claimTaken                    // another process took this very event
+	claimStale                    // the claim word was reused: the event left the ring unclaimed here
+)
+
+// claim decides whether this process runs the winning event seq: the first
+// process to move its claim word to seq+1 does.
+func (t *uniqueTable) claim(seq uint64) claimResult {
+	w := &t.claims[seq&t.claimMask]
+	for range 64 { // a damaged file must not keep a poller here
+		old := w.Load() // acquire: pairs with the winning CAS
+		switch {
+		case old == seq+1:
+			return claimTaken
+		case old > seq+1:
+			return claimStale
+		}
+		if w.CompareAndSwap(old, seq+1) {
+			t.hdr.claims.Add(1) // counter only
+			return claimWon
+		}
 	}
-	defer t.unlock()
-	e, _ := t.probe(hash, clock.WallNano(), oldest)
-	return e != nil, nil
+	return claimStale
 }
 
 // UniqueKey is a snapshot of one entry of the unique table.
@@ -283,8 +293,11 @@ type UniqueKey struct {
 	// still in the ring (the table keeps only the hash); "" once it has
 	// left.
 	Key string
-	Seq uint64 // the event that won the key
-	PID int    // the process that ran it
+	// Seq is the event that won the key; Posting says its poster has not
+	// recorded it yet (it is posting it, or died doing so).
+	Seq     uint64
+	Posting bool
+	PID     int // the process that posted the winner
 	// Remaining is how long later events with the key are still ignored;
 	// zero or negative once the key has expired.
 	Remaining time.Duration
@@ -296,7 +309,7 @@ type UniqueStats struct {
 	Used    int    // entries holding a key (live or expired)
 	Live    int    // keys still within their timeout
 	Claims  uint64 // unique events that ran (in one process each)
-	Full    uint64 // unique events skipped because the table was full
+	Full    uint64 // unique posts refused because the table was full
 	Steals  uint64 // locks taken over from a process that died holding one
 }
 
@@ -312,7 +325,7 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 	var live []UniqueKey
 	for i := range t.entries[1:] {
 		e := &t.entries[1+i]
-		h := e.hash.Load() // snapshot: may mix a claim in progress
+		h := e.hash.Load() // snapshot: may mix a post in progress
 		if h == 0 {
 			continue
 		}
@@ -320,7 +333,13 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 		rem := time.Duration(e.expiry.Load() - now)
 		if rem > 0 {
 			st.Live++
-			live = append(live, UniqueKey{Hash: h, Seq: e.seq.Load() - 1, PID: int(e.pid.Load()), Remaining: rem})
+			k := UniqueKey{Hash: h, PID: int(e.pid.Load()), Remaining: rem}
+			if s := e.seq.Load(); s != 0 {
+				k.Seq = s - 1
+			} else {
+				k.Posting = true
+			}
+			live = append(live, k)
 		}
 	}
 	return st, live
@@ -331,8 +350,8 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 // ring. It writes nothing and registers no reader, for tools.
 func UniqueTable(r *ring.Ring) (UniqueStats, []UniqueKey, error) {
 	region := r.Region()
-	n := int(region.Geometry().UniqueSlots)
-	t, err := newUniqueTable(region.Unique()[:n*shm.UniqueSlotSize], 0)
+	g := region.Geometry()
+	t, err := newUniqueTable(region.Unique(), int(g.UniqueSlots), int(g.IndexSlots), 0)
 	if err != nil {
 		return UniqueStats{}, nil, fmt.Errorf("events: %s: %w", region.Path(), err)
 	}
@@ -347,6 +366,9 @@ func UniqueTable(r *ring.Ring) (UniqueStats, []UniqueKey, error) {
 func keyTexts(r *ring.Ring, keys []UniqueKey) {
 	for i := range keys {
 		k := &keys[i]
+		if k.Posting {
+			continue
+		}
 		rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(k.Seq), Unregistered: true, Batch: 1, WaitMax: time.Hour})
 		if err != nil {
 			continue // a damaged entry (no such sequence): its hash only

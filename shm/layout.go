@@ -15,7 +15,8 @@ import (
 //	offset            size          section
 //	0                 4096          header page
 //	HeaderSize        R*64 (paged)  reader table   (layout owned by package ring)
-//	readersOff+..     U*32 (paged)  unique table   (layout owned by package events)
+//	readersOff+..     U*32 + N*8    unique table   (layout owned by package events;
+//	                  (paged)                       none when U is 0)
 //	uniqueOff+..      N*8 (paged)   index ring     (layout owned by package ring)
 //	indexOff+..       D             data ring      (opaque bytes, owned by package ring)
 //
@@ -51,13 +52,18 @@ const (
 	// index entries; 3: the unique table's expiry is a posting time plus
 	// the timeout, not a claim time; 4: a record's checksum is XXH3-64, not
 	// CRC32C; 5: a unique-table entry's last four bytes say how far its
-	// key's last known follow-up lies after the winner.
-	LayoutVersion = 5
+	// key's last known follow-up lies after the winner; 6: the unique
+	// section ends with a claim word per index slot, and a unique event is
+	// marked a follow-up when it is posted, not when it is polled.
+	LayoutVersion = 6
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64
 	// UniqueSlotSize is the size of one unique-table entry.
 	UniqueSlotSize = 32
+	// UniqueClaimSize is the size of one of the unique section's claim
+	// words, one per index slot, after its UniqueSlots entries.
+	UniqueClaimSize = 8
 	// IndexEntrySize is the size of one index-ring entry: one word.
 	IndexEntrySize = 8
 	// RecordHeaderSize is the size of the header package ring puts in front
@@ -233,7 +239,9 @@ func (g Geometry) Sections() Sections {
 	s.ReadersOff = HeaderSize
 	s.ReadersSize = pageRound(uint64(g.ReaderSlots) * ReaderSlotSize)
 	s.UniqueOff = s.ReadersOff + s.ReadersSize
-	s.UniqueSize = pageRound(uint64(g.UniqueSlots) * UniqueSlotSize)
+	if g.UniqueSlots > 0 {
+		s.UniqueSize = pageRound(uint64(g.UniqueSlots)*UniqueSlotSize + uint64(g.IndexSlots)*UniqueClaimSize)
+	}
 	s.IndexOff = s.UniqueOff + s.UniqueSize
 	s.IndexSize = pageRound(uint64(g.IndexSlots) * IndexEntrySize)
 	s.DataOff = s.IndexOff + s.IndexSize

@@ -70,7 +70,7 @@ func TestHeaderOffsets(t *testing.T) {
 		{"ControlSize", ControlSize, 3968},
 		{"HeaderSize", HeaderSize, 4096},
 		{"PageSize", PageSize, 4096},
-		{"LayoutVersion", LayoutVersion, 5},
+		{"LayoutVersion", LayoutVersion, 6},
 		{"ReaderSlotSize", ReaderSlotSize, 64},
 		{"UniqueSlotSize", UniqueSlotSize, 32},
 		{"IndexEntrySize", IndexEntrySize, 8},
@@ -97,7 +97,7 @@ func TestEncodeHeaderByteMap(t *testing.T) {
 	le := binary.LittleEndian
 	// Literal offsets on purpose: this is the documented byte map.
 	assert.Equal(t, "SHMRING\x00", string(page[0:8]), "magic")
-	assert.Equal(t, uint32(5), le.Uint32(page[8:]), "version")
+	assert.Equal(t, uint32(6), le.Uint32(page[8:]), "version")
 	assert.Equal(t, uint32(0), le.Uint32(page[12:]), "flags")
 	assert.Equal(t, uint32(0x1000), le.Uint32(page[16:]), "index slots")
 	assert.Equal(t, uint32(0x0203), le.Uint32(page[20:]), "reader slots")
@@ -137,10 +137,10 @@ func TestSections(t *testing.T) {
 			g:    Geometry{}.WithDefaults(),
 			want: Sections{
 				ReadersOff: 4096, ReadersSize: 4096,
-				UniqueOff: 8192, UniqueSize: 32768,
-				IndexOff: 40960, IndexSize: 131072,
-				DataOff: 172032, DataSize: 4 << 20,
-				FileSize: 4366336,
+				UniqueOff: 8192, UniqueSize: 32768 + 131072,
+				IndexOff: 172032, IndexSize: 131072,
+				DataOff: 303104, DataSize: 4 << 20,
+				FileSize: 4497408,
 			},
 		},
 		{
@@ -159,10 +159,10 @@ func TestSections(t *testing.T) {
 			g:    largestGeometry,
 			want: Sections{
 				ReadersOff: 4096, ReadersSize: 262144,
-				UniqueOff: 266240, UniqueSize: 134217728,
-				IndexOff: 134483968, IndexSize: 536870912,
-				DataOff: 671354880, DataSize: 4294967296,
-				FileSize: 4966322176,
+				UniqueOff: 266240, UniqueSize: 134217728 + 536870912,
+				IndexOff: 671354880, IndexSize: 536870912,
+				DataOff: 1208225792, DataSize: 4294967296,
+				FileSize: 5503193088,
 			},
 		},
 	}
@@ -326,13 +326,14 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"short with magic", valid[:100], ErrTruncated, "header is 100 bytes"},
 		{"one byte short", valid[:HeaderSize-1], ErrTruncated, "want 4096"},
 		{"short with magic and wrong version", mutate(func(b []byte) { b[offVersion] = 9 })[:64], ErrTruncated, "header is 64 bytes"},
-		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 6; fixCRC(b) }), ErrVersion, "layout version 6"},
-		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 6 }), ErrVersion, "layout version 6"},
+		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 7; fixCRC(b) }), ErrVersion, "layout version 7"},
+		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 7 }), ErrVersion, "layout version 7"},
+		{"previous layout (unique follow-ups decided when polled)", mutate(func(b []byte) { b[offVersion] = 5; fixCRC(b) }), ErrVersion, "layout version 5"},
 		{"previous layout (no unique follow-ups)", mutate(func(b []byte) { b[offVersion] = 4; fixCRC(b) }), ErrVersion, "layout version 4"},
 		{"previous layout (CRC32C record checksums)", mutate(func(b []byte) { b[offVersion] = 3; fixCRC(b) }), ErrVersion, "layout version 3"},
-		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 5"},
+		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 6"},
 		{"version zero", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offVersion:], 0); fixCRC(b) }), ErrVersion, "layout version 0"},
-		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 6; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 6"},
+		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 7; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 7"},
 		{"CRC byte flipped", mutate(func(b []byte) { b[offGeometryCRC] ^= 1 }), ErrCorrupt, "checksum"},
 		{"bad geometry, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offIndexSlots:], 17); fixCRC(b) }), ErrCorrupt, "geometry"},
 		{"max record too large, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offMaxRecord:], 4096); fixCRC(b) }), ErrCorrupt, "max record"},

@@ -97,9 +97,9 @@ func (d *demo) refresh(e *events.Event) {
 	if e.Seq < d.liveFrom {
 		// A purge from before this worker started: it was answered then
 		// (refreshed or coalesced), and its "set", if any, is in the
-		// history this worker replays. The unique table decides a
-		// replayed purge as it was decided on time; this check does not
-		// depend on the table having room to remember it.
+		// history this worker replays. The bus skips a replayed purge
+		// that another worker took, or that was a follow-up; this skips
+		// one that no worker took before this one started too.
 		d.mu.Lock()
 		d.replayed++
 		d.mu.Unlock()

@@ -388,6 +388,7 @@ type tailLine struct {
 	Source     string  `json:"source"`
 	Name       string  `json:"name"`
 	Unique     *string `json:"unique"`
+	FollowUp   bool    `json:"follow_up"`
 	Data       *string `json:"data"`
 	DataBase64 *string `json:"data_base64"`
 }
@@ -823,11 +824,20 @@ func TestTailDoesNotClaimUnique(t *testing.T) {
 	assert.Equal(t, "key-1", strOrAbsent(e.Unique))
 	assert.Equal(t, "payload", strOrAbsent(e.Data))
 
-	// A one-shot tail sees it too.
+	// A follow-up within the timeout is marked as one.
+	followUp, err := poster.PublishUnique("jobs", "run", []byte("again"), "key-1")
+	require.NoError(t, err)
+
+	// A one-shot tail sees both.
 	evs := parseTailLines(t, mustRunTool(t, "tail", path, "--from", "oldest", "--json", "--source", "jobs"))
-	if assert.Len(t, evs, 1, "one-shot tail") {
+	if assert.Len(t, evs, 2, "one-shot tail") {
 		assert.Equal(t, "key-1", strOrAbsent(evs[0].Unique))
+		assert.False(t, evs[0].FollowUp)
+		assert.Equal(t, followUp, evs[1].Seq)
+		assert.True(t, evs[1].FollowUp)
 	}
+	out := mustRunTool(t, "tail", path, "--from", strconv.FormatUint(followUp, 10), "--source", "jobs")
+	assert.Contains(t, out, `unique="key-1" follow-up "again"`)
 
 	// Both tails have seen it; the worker still runs it.
 	_, err = worker.Poll()
@@ -836,7 +846,7 @@ func TestTailDoesNotClaimUnique(t *testing.T) {
 	require.NotNil(t, got, "the worker did not run the unique event after tail saw it (stats %+v)", worker.Stats())
 	assert.Equal(t, "key-1", got.Unique)
 	assert.Equal(t, uint64(1), worker.Stats().UniqueRun)
-	assert.Equal(t, uint64(0), worker.Stats().UniqueIgnored)
+	assert.Equal(t, uint64(1), worker.Stats().UniqueIgnored, "the follow-up")
 }
 
 func TestPost(t *testing.T) {

@@ -28,6 +28,7 @@ type TailEvent struct {
 	Source     string    `json:"source"`
 	Name       string    `json:"name"`
 	Unique     string    `json:"unique,omitempty"`
+	FollowUp   bool      `json:"follow_up,omitempty"` // a unique event within Timeout of its key's winner: no process runs it
 	Data       *string   `json:"data,omitempty"`
 	DataBase64 string    `json:"data_base64,omitempty"`
 }
@@ -156,7 +157,7 @@ func tailCmd(stdout io.Writer) *cobra.Command {
 
 func printEvent(w io.Writer, e *events.Event, asJSON bool) error {
 	if asJSON {
-		te := TailEvent{Seq: e.Seq, Time: e.Posted, PID: e.PID, Source: e.Source, Name: e.Name, Unique: e.Unique}
+		te := TailEvent{Seq: e.Seq, Time: e.Posted, PID: e.PID, Source: e.Source, Name: e.Name, Unique: e.Unique, FollowUp: e.FollowUp}
 		if utf8.Valid(e.Data) { // JSON escapes the rest of what text can hold
 			s := string(e.Data)
 			te.Data = &s
@@ -177,6 +178,9 @@ func printEvent(w io.Writer, e *events.Event, asJSON bool) error {
 	unique := ""
 	if e.Unique != "" {
 		unique = " unique=" + strconv.Quote(e.Unique)
+		if e.FollowUp {
+			unique += " follow-up"
+		}
 	}
 	_, err := fmt.Fprintf(w, "%d %s pid %d %s/%s%s %s\n", e.Seq, e.Posted.Format(time.RFC3339Nano), e.PID, e.Source, e.Name, unique, data)
 	return err
