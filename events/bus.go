@@ -105,10 +105,12 @@ type Options struct {
 	UniqueSlots int
 	// Perm is a new file's mode (default 0600).
 	Perm os.FileMode
-	// Timeout is how long after the winning event was posted later events
-	// with the same unique key are ignored (default 2s): an event posted
-	// within it is a follow-up wherever and whenever it is polled.
-	// Processes sharing a ring should agree on it.
+	// Timeout is how long after a unique key's winning event was posted
+	// later events with the key are ignored (default 2s): an event posted
+	// within it is a follow-up wherever and whenever it is polled. The
+	// Timeout of the process that posts the winner is the one that counts,
+	// so processes sharing a ring should agree on it (shmctl post takes
+	// --timeout).
 	Timeout time.Duration
 	// Interval is the Timer mode's poll period (default 1s).
 	Interval time.Duration
@@ -239,6 +241,7 @@ type Stats struct {
 	UniqueRun     uint64 // unique events this process won and ran
 	UniqueIgnored uint64 // unique events another process ran, or follow-ups within Timeout
 	UniqueFull    uint64 // unique posts this bus could not make: the unique table was full, or its lock held too long
+	UniqueStale   uint64 // unique winners skipped because the ring moved a whole index past them before this bus reached them: whether another process ran them is unknown
 }
 
 // Bus is one process's handle on the shared event ring. Its methods may be
@@ -286,9 +289,9 @@ type Bus struct {
 	stopErr  error // why the bus stopped, if not by Close; set before done closes
 
 	stats struct {
-		received, handled, dropped, panics, local       atomic.Uint64
-		malformed, uniqueRun, uniqueIgnored, uniqueFull atomic.Uint64
-		lost, abandoned, corrupt                        atomic.Uint64 // mirrors of the reader's
+		received, handled, dropped, panics, local                    atomic.Uint64
+		malformed, uniqueRun, uniqueIgnored, uniqueFull, uniqueStale atomic.Uint64
+		lost, abandoned, corrupt                                     atomic.Uint64 // mirrors of the reader's
 	}
 }
 
@@ -505,17 +508,23 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	posted := clock.WallNano()
 	var uq *uniquePost
+	appended := false
 	if unique != "" {
 		// Winner or follow-up: decided here, once, under the table's lock,
 		// which is held until the event is in the ring.
-		if uq, err = b.uniq.begin(keyHash(unique), posted, b.opts.Timeout); err != nil {
+		if uq, err = b.uniq.begin(keyHash(unique), clock.Mono(), b.opts.Timeout); err != nil {
 			b.stats.uniqueFull.Add(1)
 			if errors.Is(err, ErrUniqueTableFull) {
 				return 0, fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, err)
 			}
 			return 0, fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
 		}
-		defer uq.end()
+		defer func() {
+			if !appended {
+				uq.undo() // not posted (an error, or a fault): the key is as it was
+			}
+			uq.end()
+		}()
 	}
 	followUp := uq != nil && uq.followUp
 	var seq uint64
@@ -529,12 +538,9 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 			encode(dst, source, name, unique, data, b.pid, posted, followUp)
 		})
 	}
-	if uq != nil {
-		if err != nil {
-			uq.undo() // not posted: the key is as it was
-		} else {
-			uq.done(seq)
-		}
+	if uq != nil && err == nil {
+		appended = true
+		uq.done(seq)
 	}
 	if err != nil {
 		if errors.Is(err, ring.ErrTooBig) {
@@ -605,11 +611,13 @@ func (b *Bus) Post(source, name string, data []byte) (Result, error) {
 }
 
 // PostUnique posts an event that exactly one process runs handlers for: the
-// first to poll it among those with a matching handler. Every later event
-// with the same unique key posted within opts.Timeout of the winner is a
+// first to poll it among those with a matching handler. The first event of
+// a key is its winner, whether or not any process has a handler for it;
+// every later event with the key posted within Timeout of the winner is a
 // follow-up, marked so as it is posted, and ignored by every process,
 // however late it polls. It returns ErrUniqueTableFull, without posting,
-// if the region's unique table has no room for a new key.
+// if the region's unique table has no room for a new key, and
+// ErrUniqueLockHeld if a live process held the table's lock too long.
 func (b *Bus) PostUnique(source, name string, data []byte, unique string) (Result, error) {
 	if _, err := b.PublishUnique(source, name, data, unique); err != nil {
 		return 0, err
@@ -819,11 +827,11 @@ func (b *Bus) handleRecord(rec ring.Record) {
 // claimUnique decides whether this process runs the unique event e. A
 // process with no handler for e does not compete for it.
 func (b *Bus) claimUnique(e *Event) bool {
+	if !b.anyMatch(e) {
+		return false // no part in it, not even counted
+	}
 	if e.FollowUp {
 		b.stats.uniqueIgnored.Add(1)
-		return false
-	}
-	if !b.anyMatch(e) {
 		return false
 	}
 	switch b.uniq.claim(e.Seq) {
@@ -831,11 +839,12 @@ func (b *Bus) claimUnique(e *Event) bool {
 		b.stats.uniqueRun.Add(1)
 		return true
 	case claimStale:
-		// The claim word holds an event a whole index later: this one left
-		// the ring before any process with a handler took it, and whether
-		// one did cannot be known. Run nowhere rather than possibly twice.
-		b.stats.uniqueIgnored.Add(1)
-		b.opts.Logger.Warn("events: skipped a unique event that left the ring before it was claimed", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique)
+		// The claim word already holds a winner a whole index later: this
+		// process reached e (read while it was in the ring) only after the
+		// ring had moved that far, and whether another process ran it
+		// cannot be known. Run nowhere rather than possibly twice.
+		b.stats.uniqueStale.Add(1)
+		b.opts.Logger.Warn("events: skipped a unique event whose claim word a later event had taken", "path", b.opts.Path, "seq", e.Seq, "unique", e.Unique)
 		return false
 	default:
 		b.stats.uniqueIgnored.Add(1)
@@ -1016,6 +1025,7 @@ func (b *Bus) Stats() Stats {
 		UniqueRun:     b.stats.uniqueRun.Load(),
 		UniqueIgnored: b.stats.uniqueIgnored.Load(),
 		UniqueFull:    b.stats.uniqueFull.Load(),
+		UniqueStale:   b.stats.uniqueStale.Load(),
 	}
 	b.life.RLock()
 	if !b.closed.Load() {

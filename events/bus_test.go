@@ -15,6 +15,7 @@ import (
 
 	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/ring"
+	"github.com/shmring/shmring/shm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -1038,4 +1039,136 @@ func TestSpinBusStopsOnTruncation(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the bus did not stop after its file was truncated")
 	}
+}
+
+// A unique post whose probe of the key table faults (the file was truncated
+// in the middle of the unique section) must not leave the table's lock
+// held: the holder is this live process, so no other process could take it
+// over, and every later unique post anywhere would fail.
+func TestUniqueFaultInPostReleasesLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	b := openBus(t, Options{Path: path, Mode: Manual, Slots: 16, WaitMax: 50 * time.Millisecond})
+	secs := b.Ring().Region().Sections()
+	require.Greater(t, secs.UniqueSize, uint64(4096), "the key table spans more than one page")
+	// The key's entry lies beyond the unique section's first page.
+	require.Greater(t, (1+keyHash("users")%uint64(len(b.uniq.entries)-1))*shm.UniqueSlotSize, uint64(4096))
+
+	require.NoError(t, os.Truncate(path, int64(secs.UniqueOff+4096)))
+	_, err := b.PublishUnique("cache", "purge", nil, "users")
+	require.ErrorIs(t, err, ring.ErrFault)
+	held := b.uniq.hdr.lock.Load() // the lock word's page is still mapped
+	require.NoError(t, os.Truncate(path, int64(secs.FileSize)))
+
+	assert.Zero(t, held, "the faulted post left the unique table's lock held by pid %d", held>>32)
+	_, err = b.PublishUnique("cache", "purge", nil, "groups")
+	assert.NoError(t, err, "a unique post once the file is whole again")
+}
+
+// A unique post whose append faults (the data ring was truncated away)
+// posts nothing, so its key is left as it was: the first post of the key
+// that reaches the ring is its winner, not a follow-up of nothing.
+func TestUniqueFaultInAppendUndoesEntry(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	b := openBus(t, Options{Path: path, Mode: Manual, Slots: 16, Timeout: time.Hour})
+	var runs atomic.Int64
+	b.Register(func(*Event) { runs.Add(1) }, "cache", "purge")
+	secs := b.Ring().Region().Sections()
+
+	require.NoError(t, os.Truncate(path, int64(secs.DataOff)))
+	_, err := b.PublishUnique("cache", "purge", nil, "users")
+	require.ErrorIs(t, err, ring.ErrFault)
+	require.NoError(t, os.Truncate(path, int64(secs.FileSize)))
+
+	_, err = b.PostUnique("cache", "purge", nil, "users")
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), runs.Load(), "the first event of the key that reached the ring ran")
+	_, keys, err := b.Unique()
+	require.NoError(t, err)
+	for _, k := range keys {
+		assert.False(t, k.Posting, "key %x is still marked as being posted", k.Hash)
+	}
+}
+
+// A unique post that fails before its event is in the ring (too big)
+// leaves the key as it was: posting it again, smaller, makes the winner.
+func TestUniqueFailedPostUndoesEntry(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual, Timeout: time.Hour, Size: 1 << 16})
+	var runs atomic.Int64
+	b.Register(func(*Event) { runs.Add(1) }, "cache", "purge")
+	_, err := b.PostUnique("cache", "purge", make([]byte, 1<<16), "users")
+	require.ErrorIs(t, err, ErrTooBig)
+	_, err = b.PostUnique("cache", "purge", nil, "users")
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), runs.Load())
+	assert.Equal(t, uint64(1), b.Stats().UniqueRun)
+}
+
+// A process with no handler for a unique event takes no part in deciding
+// it, and counts neither the winner nor its follow-up.
+func TestUniqueNoHandlerCountsNoDecision(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	opts := Options{Path: path, Mode: Manual, Timeout: time.Hour}
+	x, y := openBus(t, opts), openBus(t, opts)
+	y.Register(func(*Event) {}, "t4")
+	for _, data := range []string{"winner", "follow-up"} {
+		_, err := x.PostUnique("t4", "ev", []byte(data), "key")
+		require.NoError(t, err)
+	}
+	_, err := y.Poll()
+	require.NoError(t, err)
+	xs := x.Stats()
+	assert.Zero(t, xs.UniqueRun+xs.UniqueIgnored, "x has no handler for t4/ev")
+	assert.Equal(t, uint64(1), y.Stats().UniqueRun)
+	assert.Equal(t, uint64(1), y.Stats().UniqueIgnored)
+}
+
+// The claim word of a winner is taken over by the winner a whole index
+// later as soon as a process claims that one. A process that read the
+// first into its batch while it was in the ring, and reaches it only after
+// a slow handler, cannot know whether another process ran it: it skips it
+// and counts it in UniqueStale, not as another process's run.
+func TestUniqueWinnerPastItsClaimWordIsCountedStale(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bus")
+	const slots = 16
+	opts := Options{Path: path, Mode: Manual, Slots: slots, Timeout: time.Hour}
+	poster := openBus(t, opts)
+	other := openBus(t, opts)
+	var otherRuns atomic.Int64
+	other.Register(func(*Event) { otherRuns.Add(1) }, "other", "x")
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var purges atomic.Int64
+	slow := openBus(t, Options{Path: path, Mode: Manual, Slots: slots, Timeout: time.Hour, Setup: func(b *Bus) {
+		b.Register(func(*Event) { close(entered); <-release }, "t", "slow")
+		b.Register(func(*Event) { purges.Add(1) }, "cache", "purge")
+	}})
+	_, err := slow.Poll() // past its own "started"
+	require.NoError(t, err)
+	_, err = other.Poll()
+	require.NoError(t, err)
+
+	_, err = poster.Publish("t", "slow", nil)
+	require.NoError(t, err)
+	winner, err := poster.PublishUnique("cache", "purge", nil, "users")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := slow.Poll(); done <- err }() // copies both, then blocks in the first handler
+	<-entered
+	for poster.Ring().Next() < winner+slots {
+		_, err := poster.Publish("filler", "tick", nil)
+		require.NoError(t, err)
+	}
+	_, err = poster.PublishUnique("other", "x", nil, "k2") // seq winner+16: the same claim word
+	require.NoError(t, err)
+	_, err = other.Poll()
+	require.NoError(t, err)
+	require.Equal(t, int64(1), otherRuns.Load())
+	close(release)
+	require.NoError(t, <-done)
+
+	st := slow.Stats()
+	assert.Zero(t, purges.Load(), "run nowhere rather than possibly twice")
+	assert.Equal(t, uint64(1), st.UniqueStale)
+	assert.Zero(t, st.UniqueIgnored)
+	assert.Zero(t, st.Lost, "the slow bus was not lapped: it had copied the winner")
 }

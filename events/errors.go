@@ -21,9 +21,13 @@ var (
 	// ErrNoUnique: PostUnique was given an empty unique key.
 	ErrNoUnique = errors.New("events: empty unique key")
 	// ErrUniqueTableFull: every entry of the region's unique table holds a
-	// key that is still live, or whose event is still in the ring, so a new
-	// key could not be claimed. Create the region with more UniqueSlots.
+	// key that is still live, so a new key could not be posted. Create the
+	// region with more UniqueSlots, or use a shorter Timeout.
 	ErrUniqueTableFull = errors.New("events: unique table full")
+	// ErrUniqueLockHeld: a live process held the unique table's lock for
+	// longer than WaitMax (it is stopped, or the machine is overloaded), so
+	// a unique event could not be posted. Posting it again is safe.
+	ErrUniqueLockHeld = errors.New("events: unique table lock held too long by a live process")
 	// ErrAbandoned: the event was not published because readers gave up on
 	// its entry before this process committed it (the process was stalled
 	// for longer than WaitMax mid-post). Posting it again is safe.

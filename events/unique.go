@@ -1,7 +1,6 @@
 package events
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -33,7 +32,7 @@ import (
 //	off  size  field   notes
 //	0    8     hash    FNV-1a 64 of the key, never 0; 0 = never used
 //	8    8     seq     sequence number + 1 of the key's winning event; 0 while it is being posted
-//	16   8     expiry  unix ns: the winner's posting time + Timeout
+//	16   8     expiry  CLOCK_MONOTONIC ns: when the winner was posted + the poster's Timeout
 //	24   4     pid     the process that posted the winner (for operators)
 //	28   4     reserved, zero
 //
@@ -53,8 +52,9 @@ import (
 // another key at once. A claim word is reused only by an event a whole index
 // later, when the event it held has left the ring.
 //
-// The posting times come from internal/clock, which every process derives
-// from CLOCK_MONOTONIC, one clock for the whole machine.
+// Expiry is read on CLOCK_MONOTONIC (internal/clock.Mono), one clock for
+// every process of the machine that never jumps; the posting time an event
+// carries for its handlers is wall time, and decides nothing here.
 
 type uniqueHeader struct {
 	lock   atomic.Uint64
@@ -87,10 +87,6 @@ type uniqueTable struct {
 	// lockWait bounds how long a post waits for a live holder of the lock.
 	lockWait time.Duration
 }
-
-// errUniqueLock: a live process held the table's lock for longer than
-// lockWait (it is stopped, or the machine is overloaded).
-var errUniqueLock = errors.New("events: unique table lock held too long by a live process")
 
 // newUniqueTable maps the unique section b of a region with u key-table
 // entries and n index slots (a power of two).
@@ -149,7 +145,7 @@ func (t *uniqueTable) lock() error {
 			continue
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w (pid %d)", errUniqueLock, owner.PID())
+			return fmt.Errorf("%w (pid %d)", ErrUniqueLockHeld, owner.PID())
 		}
 		time.Sleep(50 * time.Microsecond)
 	}
@@ -199,40 +195,49 @@ type uniquePost struct {
 	}
 }
 
-// begin decides whether an event with key hash posted at posted (unix ns)
+// begin decides whether an event with key hash, posted now (clock.Mono),
 // is its key's winner or a follow-up, and takes the table's lock until end.
 // A winner's entry is written at once, but for its sequence number (done):
 // a poster that dies before it appends leaves a key that ignores follow-ups
 // until it expires, with no winner, which errs towards running an event
 // nowhere rather than twice. It returns ErrUniqueTableFull, unlocked, when
-// no entry is free for a new key.
-func (t *uniqueTable) begin(hash uint64, posted int64, timeout time.Duration) (*uniquePost, error) {
+// no entry is free for a new key, and releases the lock if the region
+// faults under it.
+func (t *uniqueTable) begin(hash uint64, now int64, timeout time.Duration) (_ *uniquePost, err error) {
 	if err := t.lock(); err != nil {
 		return nil, err
 	}
-	e, found := t.probe(hash, posted)
-	if found && posted < e.expiry.Load() {
+	held := false
+	defer func() {
+		if !held {
+			t.unlock() // also when the region faults under us
+		}
+	}()
+	e, found := t.probe(hash, now)
+	if found && now < e.expiry.Load() {
+		held = true
 		return &uniquePost{t: t, followUp: true}, nil
 	}
 	if e == nil {
 		t.hdr.full.Add(1) // counter only
-		t.unlock()
 		return nil, ErrUniqueTableFull
 	}
 	p := &uniquePost{t: t, e: e, found: found}
 	p.old.hash, p.old.seq, p.old.expiry, p.old.pid = e.hash.Load(), e.seq.Load(), e.expiry.Load(), e.pid.Load()
-	expiry := posted + int64(timeout)
-	if expiry < posted {
+	expiry := now + int64(timeout)
+	if expiry < now {
 		expiry = math.MaxInt64 // a Timeout of "for ever" must not wrap into the past
 	}
-	// Expiry first: from here follow-ups are ignored; the hash last, so
-	// that a new binding becomes visible only complete.
-	e.expiry.Store(expiry)
-	e.pid.Store(uint32(t.me.PID()))
-	e.seq.Store(0)
+	// The key first, while the entry's expiry is still the old, past one:
+	// a poster killed here leaves an expired entry of this key, and blocks
+	// no other key. The expiry last: from then on follow-ups are ignored.
 	if !found {
 		e.hash.Store(hash)
 	}
+	e.pid.Store(uint32(t.me.PID()))
+	e.seq.Store(0)
+	e.expiry.Store(expiry)
+	held = true
 	return p, nil
 }
 
@@ -243,15 +248,16 @@ func (p *uniquePost) done(seq uint64) {
 	}
 }
 
-// undo puts a winner's entry back as it was: its event was not posted.
+// undo puts a winner's entry back as it was, expiry first: its event was
+// not posted.
 func (p *uniquePost) undo() {
 	if p.e == nil {
 		return
 	}
-	p.e.hash.Store(p.old.hash)
+	p.e.expiry.Store(p.old.expiry)
 	p.e.seq.Store(p.old.seq)
 	p.e.pid.Store(p.old.pid)
-	p.e.expiry.Store(p.old.expiry)
+	p.e.hash.Store(p.old.hash)
 }
 
 // end releases the table's lock.
@@ -321,7 +327,7 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 		Full:    t.hdr.full.Load(),
 		Steals:  t.hdr.steals.Load(),
 	}
-	now := clock.WallNano()
+	now := clock.Mono()
 	var live []UniqueKey
 	for i := range t.entries[1:] {
 		e := &t.entries[1+i]

@@ -222,7 +222,7 @@ func printInfo(w io.Writer, i Info) error {
 		c.Posted, c.Abandoned, c.TooBig, c.LateCommits, c.Waiters)
 	fmt.Fprintf(tw, "readers\t%d live, %d dead\n", i.Readers.Live, i.Readers.Dead)
 	u := i.Unique
-	fmt.Fprintf(tw, "unique table\t%d of %d entries used, %d live; %d claims, %d skipped full, %d locks taken from dead holders\n",
+	fmt.Fprintf(tw, "unique table\t%d of %d entries used, %d live; %d claims, %d refused full, %d locks taken from dead holders\n",
 		u.Used, u.Entries, u.Live, u.Claims, u.Full, u.Steals)
 	for _, k := range u.Keys {
 		name := k.Hash

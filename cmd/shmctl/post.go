@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +11,10 @@ import (
 )
 
 func postCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
-	var unique string
+	var (
+		unique  string
+		timeout time.Duration
+	)
 	cmd := &cobra.Command{
 		Use:   "post PATH SOURCE NAME [DATA | -]",
 		Short: "Post one event (data from the argument, or stdin with -) and print its sequence number",
@@ -19,8 +23,11 @@ func postCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
 			if a[1] == "" || a[2] == "" {
 				return usageError{fmt.Errorf("post %s: SOURCE and NAME must not be empty", a[0])}
 			}
+			if timeout <= 0 {
+				return usageError{fmt.Errorf("post %s: --timeout must be positive", a[0])}
+			}
 			// An observer posts no started/stopping events of its own.
-			bus, err := events.Open(events.Options{Path: a[0], Mode: events.Manual, Observe: true, MustExist: true})
+			bus, err := events.Open(events.Options{Path: a[0], Mode: events.Manual, Observe: true, MustExist: true, Timeout: timeout})
 			if err != nil {
 				return err
 			}
@@ -54,5 +61,6 @@ func postCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&unique, "unique", "", "post as a unique event with this key: exactly one process runs it")
+	cmd.Flags().DurationVar(&timeout, "timeout", events.DefaultTimeout, "with --unique, if the event wins its key: how long later events with the key are ignored (use the workers' Options.Timeout)")
 	return cmd
 }

@@ -49,7 +49,7 @@ func newRingCollector(r *ring.Ring) *ringCollector {
 		alive:           d("reader_alive", "1 if the reader's process still runs.", rl...),
 		uniqueLive:      d("unique_live_keys", "Unique keys still within their timeout."),
 		uniqueClaims:    d("unique_claims_total", "Unique events that ran, in one process each."),
-		uniqueFull:      d("unique_full_total", "Unique events skipped because the unique table was full."),
+		uniqueFull:      d("unique_full_total", "Unique posts refused because the unique table was full."),
 	}
 }
 

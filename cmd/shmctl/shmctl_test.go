@@ -910,6 +910,21 @@ func TestPost(t *testing.T) {
 	assert.Equal(t, "work", string(e.Data))
 	assert.Equal(t, uint64(1), bus.Stats().UniqueRun)
 
+	// --timeout: the poster of a winner sets how long its key lasts.
+	seqOf(mustRunTool(t, "post", path, "cli", "job", "--unique", "key-8", "--timeout", "1h"))
+	_, keys, err := bus.Unique()
+	require.NoError(t, err)
+	var k8 *events.UniqueKey
+	for i := range keys {
+		if keys[i].Key == "key-8" {
+			k8 = &keys[i]
+		}
+	}
+	require.NotNil(t, k8, "key-8 is live: %+v", keys)
+	assert.Greater(t, k8.Remaining, 59*time.Minute)
+	_, errOut, code = runTool(t, "post", path, "cli", "job", "--unique", "key-9", "--timeout", "0s")
+	assert.Equal(t, 2, code, "a zero --timeout is a usage error: %s", errOut)
+
 	// An event larger than the ring takes is refused, with one line.
 	next = bus.Ring().Next()
 	out, errOut, code = runToolStdin(t, strings.Repeat("x", e2eDataBytes/2), "post", path, "cli", "big", "-")
