@@ -497,7 +497,6 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 	if len(unique) > MaxNameLen {
 		return 0, fmt.Errorf("%w: unique key longer than %d bytes", ErrTooBig, MaxNameLen)
 	}
-	n := encodedSize(source, name, unique, data)
 	// Full barrier, before the closed check: pairs with Close's store of
 	// closed and its wait for publishers (waitPublishers).
 	b.pub.started.Add(1)
@@ -506,28 +505,25 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 		return 0, ErrClosed
 	}
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
-	posted := clock.WallNano()
-	var uq *uniquePost
-	appended := false
 	if unique != "" {
-		// Winner or follow-up: decided here, once, under the table's lock,
-		// which is held until the event is in the ring.
-		if uq, err = b.uniq.begin(keyHash(unique), clock.Mono(), b.opts.Timeout); err != nil {
-			b.stats.uniqueFull.Add(1)
-			if errors.Is(err, ErrUniqueTableFull) {
-				return 0, fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, err)
-			}
-			return 0, fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
-		}
-		defer func() {
-			if !appended {
-				uq.undo() // not posted (an error, or a fault): the key is as it was
-			}
-			uq.end()
-		}()
+		return b.appendUnique(source, name, unique, data)
 	}
-	followUp := uq != nil && uq.followUp
-	var seq uint64
+	if n := encodedSize(source, name, "", data); n <= smallEvent {
+		// The common case without a call: encoded on the stack.
+		var buf [smallEvent]byte
+		encode(buf[:n], source, name, "", data, b.pid, clock.WallNano(), false)
+		seq, err := b.ring.Append(buf[:n])
+		if err != nil {
+			return 0, b.postError(source, name, "", data, err)
+		}
+		return seq, nil
+	}
+	return b.appendEvent(source, name, "", data, clock.WallNano(), false)
+}
+
+// appendEvent encodes an event posted at posted and appends it to the ring.
+func (b *Bus) appendEvent(source, name, unique string, data []byte, posted int64, followUp bool) (seq uint64, err error) {
+	n := encodedSize(source, name, unique, data)
 	if n <= smallEvent {
 		// Encoded on the stack: no pooled buffer and no callback.
 		var buf [smallEvent]byte
@@ -538,17 +534,46 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 			encode(dst, source, name, unique, data, b.pid, posted, followUp)
 		})
 	}
-	if uq != nil && err == nil {
-		appended = true
-		uq.done(seq)
-	}
 	if err != nil {
-		if errors.Is(err, ring.ErrTooBig) {
-			return 0, fmt.Errorf("events: post %s/%s to %s: %d data bytes, at most %d fit: %w",
-				source, name, b.opts.Path, len(data), b.MaxData(source, name, unique), ErrTooBig)
-		}
-		return 0, fmt.Errorf("events: post %s/%s to %s: %w", source, name, b.opts.Path, err)
+		return 0, b.postError(source, name, unique, data, err)
 	}
+	return seq, nil
+}
+
+// postError wraps an error of the ring's append with what was posted where.
+func (b *Bus) postError(source, name, unique string, data []byte, err error) error {
+	if errors.Is(err, ring.ErrTooBig) {
+		return fmt.Errorf("events: post %s/%s to %s: %d data bytes, at most %d fit: %w",
+			source, name, b.opts.Path, len(data), b.MaxData(source, name, unique), ErrTooBig)
+	}
+	return fmt.Errorf("events: post %s/%s to %s: %w", source, name, b.opts.Path, err)
+}
+
+// appendUnique posts a unique event: whether it is its key's winner or a
+// follow-up is decided here, once, under the table's lock, which is held
+// until the event is in the ring. The caller recovers from faults.
+func (b *Bus) appendUnique(source, name, unique string, data []byte) (uint64, error) {
+	uq, err := b.uniq.begin(keyHash(unique), clock.Mono(), b.opts.Timeout)
+	if err != nil {
+		b.stats.uniqueFull.Add(1)
+		if errors.Is(err, ErrUniqueTableFull) {
+			return 0, fmt.Errorf("events: post unique %q: %d entries in %s: %w", unique, len(b.uniq.entries)-1, b.opts.Path, err)
+		}
+		return 0, fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
+	}
+	appended := false
+	defer func() {
+		if !appended {
+			uq.undo() // not posted (an error, or a fault): the key is as it was
+		}
+		uq.end()
+	}()
+	seq, err := b.appendEvent(source, name, unique, data, clock.WallNano(), uq.followUp)
+	if err != nil {
+		return 0, err
+	}
+	appended = true
+	uq.done(seq)
 	return seq, nil
 }
 
