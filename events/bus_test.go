@@ -592,8 +592,9 @@ func TestUniqueFollowUpOfNewWinnerIgnoredByLateReader(t *testing.T) {
 	followUp, err := poster.PublishUnique("cache", "purge", []byte("follow-up"), "users")
 	require.NoError(t, err)
 	followUpPosted := clock.WallNano()
-	_, err = a.Poll()
-	require.NoError(t, err)
+	if _, err = a.Poll(); err != nil {
+		require.ErrorIs(t, err, ErrClosed, "the handler's Close may end the poll")
+	}
 	require.Equal(t, int64(2), runsA.Load(), "a ran the first winner and the new one")
 	<-a.Done()
 
@@ -806,6 +807,12 @@ func TestConcurrentPostersAndClose(t *testing.T) {
 						} else {
 							_, err = b.Publish("t", "e", []byte("x"))
 						}
+						if errors.Is(err, ErrAbandoned) {
+							// Stalled between claim and commit while the
+							// others went a whole index round: not posted,
+							// and safe to post again.
+							continue
+						}
 						if err != nil {
 							assert.ErrorIs(t, err, ErrClosed)
 							return
@@ -1016,15 +1023,35 @@ func TestDoneAfterCloseAndAfterTruncation(t *testing.T) {
 	assert.ErrorIs(t, err, ring.ErrFault)
 	_, err = tx.Publish("t", "e", nil)
 	assert.ErrorIs(t, err, ring.ErrFault)
-	_, _, err = tx.Unique()
+}
+
+// skipFaultOnAtomicsUnderRace skips a test whose truncation the process
+// meets first in an atomic operation: under the race detector that fault
+// kills the process (see raceDetector). CI runs these without -race.
+func skipFaultOnAtomicsUnderRace(t *testing.T) {
+	t.Helper()
+	if raceDetector {
+		t.Skip("a fault inside the race detector's atomics cannot be recovered; run without -race")
+	}
+}
+
+// Unique and Stats on a truncated file: an error, and a zero Lag, instead
+// of a crash.
+func TestUniqueAndStatsOnTruncatedFile(t *testing.T) {
+	skipFaultOnAtomicsUnderRace(t)
+	path := filepath.Join(t.TempDir(), "bus")
+	b := openBus(t, Options{Path: path, Mode: Manual})
+	require.NoError(t, os.Truncate(path, 4096))
+	_, _, err := b.Unique()
 	assert.ErrorIs(t, err, ring.ErrFault)
 	require.NoError(t, os.Truncate(path, 0))
-	assert.Zero(t, tx.Stats().Lag)
+	assert.Zero(t, b.Stats().Lag)
 }
 
 // A Spin-mode bus whose file is truncated under it stops with ErrFault, as
 // a Wake-mode bus does, instead of taking the process down with SIGBUS.
 func TestSpinBusStopsOnTruncation(t *testing.T) {
+	skipFaultOnAtomicsUnderRace(t)
 	path := filepath.Join(t.TempDir(), "bus")
 	b := openBus(t, Options{Path: path, Mode: Spin, Setup: func(b *Bus) {
 		b.Register(func(*Event) {}, Source, EventStarted)
@@ -1046,6 +1073,7 @@ func TestSpinBusStopsOnTruncation(t *testing.T) {
 // held: the holder is this live process, so no other process could take it
 // over, and every later unique post anywhere would fail.
 func TestUniqueFaultInPostReleasesLock(t *testing.T) {
+	skipFaultOnAtomicsUnderRace(t)
 	path := filepath.Join(t.TempDir(), "bus")
 	b := openBus(t, Options{Path: path, Mode: Manual, Slots: 16, WaitMax: 50 * time.Millisecond})
 	secs := b.Ring().Region().Sections()
@@ -1068,6 +1096,7 @@ func TestUniqueFaultInPostReleasesLock(t *testing.T) {
 // posts nothing, so its key is left as it was: the first post of the key
 // that reaches the ring is its winner, not a follow-up of nothing.
 func TestUniqueFaultInAppendUndoesEntry(t *testing.T) {
+	skipFaultOnAtomicsUnderRace(t)
 	path := filepath.Join(t.TempDir(), "bus")
 	b := openBus(t, Options{Path: path, Mode: Manual, Slots: 16, Timeout: time.Hour})
 	var runs atomic.Int64
