@@ -274,6 +274,7 @@ type Bus struct {
 	// one atomic add per event would cost more than the call.
 	handledPending uint64
 	ev             Event
+	wire           wireEvent        // the record being handled, decoded; under pollMu
 	lossSeen       ring.ReaderStats // the reader's loss counters last mirrored
 	local          localQueue
 
@@ -824,8 +825,8 @@ func (b *Bus) mirrorLoss() {
 
 func (b *Bus) handleRecord(rec ring.Record) {
 	b.stats.received.Add(1)
-	w, err := decode(rec.Data)
-	if err != nil {
+	w := &b.wire
+	if err := decodeInto(w, rec.Data); err != nil {
 		b.stats.malformed.Add(1)
 		b.opts.Logger.Warn("events: skipped a record that is not an event", "path", b.opts.Path, "seq", rec.Seq, "err", err)
 		return

@@ -85,25 +85,32 @@ type wireEvent struct {
 // decode parses a record. It never panics, whatever rec holds.
 func decode(rec []byte) (wireEvent, error) {
 	var w wireEvent
+	err := decodeInto(&w, rec)
+	return w, err
+}
+
+// decodeInto is decode into *w, which the poll reuses: no copy of the
+// result. w is left partly filled on an error.
+func decodeInto(w *wireEvent, rec []byte) error {
 	if len(rec) < headerSize {
-		return w, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrMalformed, len(rec), headerSize)
+		return fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrMalformed, len(rec), headerSize)
 	}
 	if rec[0] != eventVersion {
-		return w, fmt.Errorf("%w: format version %d, want %d", ErrMalformed, rec[0], eventVersion)
+		return fmt.Errorf("%w: format version %d, want %d", ErrMalformed, rec[0], eventVersion)
 	}
 	flags := rec[1]
 	if flags&^(flagUnique|flagFollowUp) != 0 || binary.LittleEndian.Uint32(rec[12:]) != 0 {
-		return w, fmt.Errorf("%w: unknown flags or reserved bits set", ErrMalformed)
+		return fmt.Errorf("%w: unknown flags or reserved bits set", ErrMalformed)
 	}
 	s := int(binary.LittleEndian.Uint16(rec[2:]))
 	n := int(binary.LittleEndian.Uint16(rec[4:]))
 	u := int(binary.LittleEndian.Uint16(rec[6:]))
 	if s == 0 || n == 0 || (u != 0) != (flags&flagUnique != 0) || (flags&flagFollowUp != 0 && u == 0) {
-		return w, fmt.Errorf("%w: empty source or name, or unique flags and key disagree", ErrMalformed)
+		return fmt.Errorf("%w: empty source or name, or unique flags and key disagree", ErrMalformed)
 	}
 	w.followUp = flags&flagFollowUp != 0
 	if headerSize+s+n+u > len(rec) {
-		return w, fmt.Errorf("%w: field lengths %d+%d+%d exceed the %d-byte record", ErrMalformed, s, n, u, len(rec))
+		return fmt.Errorf("%w: field lengths %d+%d+%d exceed the %d-byte record", ErrMalformed, s, n, u, len(rec))
 	}
 	w.pid = binary.LittleEndian.Uint32(rec[8:])
 	w.posted = int64(binary.LittleEndian.Uint64(rec[16:]))
@@ -115,7 +122,7 @@ func decode(rec []byte) (wireEvent, error) {
 	w.unique = rec[off : off+u : off+u]
 	off += u
 	w.data = rec[off:len(rec):len(rec)]
-	return w, nil
+	return nil
 }
 
 // interner turns the few distinct source and name strings a bus sees into
