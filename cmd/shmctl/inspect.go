@@ -90,6 +90,7 @@ type UniqueInfo struct {
 type UniqueKey struct {
 	Hash        string `json:"hash"`
 	Key         string `json:"key,omitempty"`
+	Posting     bool   `json:"posting,omitempty"` // its winner is being posted (or its poster died doing so): no seq yet
 	Seq         uint64 `json:"seq"`
 	PID         int    `json:"pid"`
 	RemainingMS int64  `json:"remaining_ms"`
@@ -145,7 +146,7 @@ func inspect(r *ring.Ring, rows []ReaderRow) (Info, error) {
 	info.Unique = UniqueInfo{Entries: st.Entries, Used: st.Used, Live: st.Live, Claims: st.Claims, Full: st.Full, Steals: st.Steals, Keys: []UniqueKey{}}
 	for _, k := range keys {
 		info.Unique.Keys = append(info.Unique.Keys, UniqueKey{
-			Hash: fmt.Sprintf("%016x", k.Hash), Key: k.Key, Seq: k.Seq, PID: k.PID, RemainingMS: k.Remaining.Milliseconds(),
+			Hash: fmt.Sprintf("%016x", k.Hash), Key: k.Key, Seq: k.Seq, Posting: k.Posting, PID: k.PID, RemainingMS: k.Remaining.Milliseconds(),
 		})
 	}
 	return info, nil
@@ -228,6 +229,10 @@ func printInfo(w io.Writer, i Info) error {
 		name := k.Hash
 		if k.Key != "" {
 			name = strconv.Quote(k.Key)
+		}
+		if k.Posting {
+			fmt.Fprintf(tw, "  key %s\tbeing posted by pid %d, %dms left\n", name, k.PID, k.RemainingMS)
+			continue
 		}
 		fmt.Fprintf(tw, "  key %s\tseq %d, pid %d, %dms left\n", name, k.Seq, k.PID, k.RemainingMS)
 	}
