@@ -92,7 +92,9 @@ func AtSeq(seq uint64) StartAt { return ring.AtSeq(seq) }
 // Options configure Open. The zero value of every field but Path takes its
 // default.
 type Options struct {
-	// Path is the region file, created if absent.
+	// Path is the region file, created if absent. Keep it on tmpfs
+	// (/dev/shm): a ring is not meant to outlive a reboot, and unique keys
+	// kept across one would stay live for up to the previous uptime.
 	Path string
 	// Size is the ring's data bytes when the file is created: a power of two
 	// (default 4 MiB). The largest event is a quarter of it.
@@ -427,7 +429,7 @@ func (b *Bus) teardown(onPoller bool) error {
 	if !onPoller {
 		b.poller.Wait()
 	}
-	// pollMu before life: a poll's handlers may post unique events (life.RLock) while the
+	// pollMu before life: a poll's handlers may call Stats or Unique (life.RLock) while the
 	// poll holds pollMu, and nobody holds life while waiting for pollMu.
 	b.pollMu.Lock()
 	defer b.pollMu.Unlock()
@@ -554,7 +556,7 @@ func (b *Bus) postError(source, name, unique string, data []byte, err error) err
 // follow-up is decided here, once, under the table's lock, which is held
 // until the event is in the ring. The caller recovers from faults.
 func (b *Bus) appendUnique(source, name, unique string, data []byte) (uint64, error) {
-	uq, err := b.uniq.begin(keyHash(unique), clock.Mono(), b.opts.Timeout)
+	uq, err := b.uniq.begin(keyHash(unique), b.opts.Timeout)
 	if err != nil {
 		b.stats.uniqueFull.Add(1)
 		if errors.Is(err, ErrUniqueTableFull) {
@@ -562,12 +564,12 @@ func (b *Bus) appendUnique(source, name, unique string, data []byte) (uint64, er
 		}
 		return 0, fmt.Errorf("events: post unique %q to %s: %w", unique, b.opts.Path, err)
 	}
+	defer uq.end() // apart from the undo: a fault in the undo must not keep the lock
 	appended := false
 	defer func() {
 		if !appended {
 			uq.undo() // not posted (an error, or a fault): the key is as it was
 		}
-		uq.end()
 	}()
 	seq, err := b.appendEvent(source, name, unique, data, clock.WallNano(), uq.followUp)
 	if err != nil {

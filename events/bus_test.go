@@ -1201,3 +1201,50 @@ func TestUniqueWinnerPastItsClaimWordIsCountedStale(t *testing.T) {
 	assert.Zero(t, st.UniqueIgnored)
 	assert.Zero(t, st.Lost, "the slow bus was not lapped: it had copied the winner")
 }
+
+// A unique post whose undo faults (the file was truncated between begin,
+// which wrote the key's entry, and the undo of a failed append) still
+// releases the table's lock: the holder is this live process, so nobody
+// could take it over.
+func TestUniqueFaultInUndoReleasesLock(t *testing.T) {
+	skipFaultOnAtomicsUnderRace(t)
+	path := filepath.Join(t.TempDir(), "bus")
+	b := openBus(t, Options{Path: path, Mode: Manual, Slots: 16, Size: 1 << 16, WaitMax: 50 * time.Millisecond})
+	secs := b.Ring().Region().Sections()
+	require.Greater(t, secs.UniqueSize, uint64(4096), "the key table spans more than one page")
+	require.Greater(t, (1+keyHash("users")%uint64(len(b.uniq.entries)-1))*shm.UniqueSlotSize, uint64(4096),
+		"the key's entry lies beyond the page of the lock word")
+
+	// Truncate the file to the lock word's page and back, over and over,
+	// while posting an event too big for the ring: begin writes the key's
+	// entry, the append fails at once (ErrTooBig), and the undo writes it
+	// again, each of which may meet the truncation.
+	var stop atomic.Bool
+	toggled := make(chan struct{})
+	go func() {
+		defer close(toggled)
+		for !stop.Load() {
+			_ = os.Truncate(path, int64(secs.UniqueOff+4096))
+			_ = os.Truncate(path, int64(secs.FileSize))
+		}
+	}()
+	big := make([]byte, 1<<16)
+	faults := 0
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && faults < 200; {
+		_, err := b.PublishUnique("cache", "purge", big, "users")
+		require.Error(t, err, "an event larger than the ring was posted")
+		if errors.Is(err, ring.ErrFault) {
+			faults++
+		} else {
+			require.ErrorIs(t, err, ErrTooBig)
+		}
+		// No post is in flight here: the lock must be free.
+		require.Zero(t, b.uniq.hdr.lock.Load(), "a faulted unique post left the table's lock held (%d faults so far)", faults)
+	}
+	stop.Store(true)
+	<-toggled
+	require.NoError(t, os.Truncate(path, int64(secs.FileSize)))
+	require.Positive(t, faults, "the truncations never met a post")
+	_, err := b.PublishUnique("cache", "purge", nil, "groups")
+	assert.NoError(t, err, "a unique post once the file is whole again")
+}

@@ -195,18 +195,21 @@ type uniquePost struct {
 	}
 }
 
-// begin decides whether an event with key hash, posted now (clock.Mono),
-// is its key's winner or a follow-up, and takes the table's lock until end.
+// begin decides whether an event with key hash, posted now, is its key's
+// winner or a follow-up, and takes the table's lock until end. Now is read
+// once the lock is held (clock.Mono), so that a wait for it does not age
+// the event.
 // A winner's entry is written at once, but for its sequence number (done):
 // a poster that dies before it appends leaves a key that ignores follow-ups
 // until it expires, with no winner, which errs towards running an event
 // nowhere rather than twice. It returns ErrUniqueTableFull, unlocked, when
 // no entry is free for a new key, and releases the lock if the region
 // faults under it.
-func (t *uniqueTable) begin(hash uint64, now int64, timeout time.Duration) (_ *uniquePost, err error) {
+func (t *uniqueTable) begin(hash uint64, timeout time.Duration) (_ *uniquePost, err error) {
 	if err := t.lock(); err != nil {
 		return nil, err
 	}
+	now := clock.Mono()
 	held := false
 	defer func() {
 		if !held {

@@ -54,8 +54,9 @@ const (
 	// CRC32C; 5: a unique-table entry's last four bytes say how far its
 	// key's last known follow-up lies after the winner; 6: the unique
 	// section ends with a claim word per index slot, and a unique event is
-	// marked a follow-up when it is posted, not when it is polled.
-	LayoutVersion = 6
+	// marked a follow-up when it is posted, not when it is polled; 7: a
+	// unique key's expiry is CLOCK_MONOTONIC, not wall, nanoseconds.
+	LayoutVersion = 7
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64

@@ -70,7 +70,7 @@ func TestHeaderOffsets(t *testing.T) {
 		{"ControlSize", ControlSize, 3968},
 		{"HeaderSize", HeaderSize, 4096},
 		{"PageSize", PageSize, 4096},
-		{"LayoutVersion", LayoutVersion, 6},
+		{"LayoutVersion", LayoutVersion, 7},
 		{"ReaderSlotSize", ReaderSlotSize, 64},
 		{"UniqueSlotSize", UniqueSlotSize, 32},
 		{"IndexEntrySize", IndexEntrySize, 8},
@@ -97,7 +97,7 @@ func TestEncodeHeaderByteMap(t *testing.T) {
 	le := binary.LittleEndian
 	// Literal offsets on purpose: this is the documented byte map.
 	assert.Equal(t, "SHMRING\x00", string(page[0:8]), "magic")
-	assert.Equal(t, uint32(6), le.Uint32(page[8:]), "version")
+	assert.Equal(t, uint32(7), le.Uint32(page[8:]), "version")
 	assert.Equal(t, uint32(0), le.Uint32(page[12:]), "flags")
 	assert.Equal(t, uint32(0x1000), le.Uint32(page[16:]), "index slots")
 	assert.Equal(t, uint32(0x0203), le.Uint32(page[20:]), "reader slots")
@@ -326,14 +326,15 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"short with magic", valid[:100], ErrTruncated, "header is 100 bytes"},
 		{"one byte short", valid[:HeaderSize-1], ErrTruncated, "want 4096"},
 		{"short with magic and wrong version", mutate(func(b []byte) { b[offVersion] = 9 })[:64], ErrTruncated, "header is 64 bytes"},
-		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 7; fixCRC(b) }), ErrVersion, "layout version 7"},
-		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 7 }), ErrVersion, "layout version 7"},
+		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 8; fixCRC(b) }), ErrVersion, "layout version 8"},
+		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 8 }), ErrVersion, "layout version 8"},
+		{"previous layout (unique expiry in wall time)", mutate(func(b []byte) { b[offVersion] = 6; fixCRC(b) }), ErrVersion, "layout version 6"},
 		{"previous layout (unique follow-ups decided when polled)", mutate(func(b []byte) { b[offVersion] = 5; fixCRC(b) }), ErrVersion, "layout version 5"},
 		{"previous layout (no unique follow-ups)", mutate(func(b []byte) { b[offVersion] = 4; fixCRC(b) }), ErrVersion, "layout version 4"},
 		{"previous layout (CRC32C record checksums)", mutate(func(b []byte) { b[offVersion] = 3; fixCRC(b) }), ErrVersion, "layout version 3"},
-		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 6"},
+		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 7"},
 		{"version zero", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offVersion:], 0); fixCRC(b) }), ErrVersion, "layout version 0"},
-		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 7; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 7"},
+		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 8; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 8"},
 		{"CRC byte flipped", mutate(func(b []byte) { b[offGeometryCRC] ^= 1 }), ErrCorrupt, "checksum"},
 		{"bad geometry, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offIndexSlots:], 17); fixCRC(b) }), ErrCorrupt, "geometry"},
 		{"max record too large, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offMaxRecord:], 4096); fixCRC(b) }), ErrCorrupt, "max record"},

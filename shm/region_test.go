@@ -286,9 +286,9 @@ func openErrorCases() []corruptCase {
 			setup: fileWith(func(t *testing.T, b []byte) []byte { return append(b, 0) })},
 		{name: "extra page", want: ErrCorrupt, msg: "file is 24576 bytes", file: true,
 			setup: fileWith(func(t *testing.T, b []byte) []byte { return append(b, make([]byte, PageSize)...) })},
-		{name: "wrong version", want: ErrVersion, msg: "layout version 7", file: true,
+		{name: "wrong version", want: ErrVersion, msg: "layout version 99", file: true,
 			setup: fileWith(func(t *testing.T, b []byte) []byte {
-				binary.LittleEndian.PutUint32(b[offVersion:], 7)
+				binary.LittleEndian.PutUint32(b[offVersion:], 99)
 				fixCRC(b)
 				return b
 			})},

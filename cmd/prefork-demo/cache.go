@@ -248,6 +248,10 @@ type workerStats struct {
 	Lost       uint64 `json:"events_lost"`
 	UniqueRun  uint64 `json:"unique_run"`
 	UniqueIgn  uint64 `json:"unique_ignored"`
+	// UniqueStale: unique winners the bus skipped because the ring moved
+	// a whole index past them first (see events.Stats.UniqueStale); with
+	// them, events_seen + unique_ignored + unique_stale = last_seq + 1.
+	UniqueStale uint64 `json:"unique_stale,omitempty"`
 }
 
 // snapshot takes this worker's stats at an exec request, in the order of
@@ -285,7 +289,7 @@ func (d *demo) stats() workerStats {
 	}
 	d.mu.Unlock()
 	bs := d.bus.Stats()
-	st.Lost, st.UniqueRun, st.UniqueIgn = bs.Lost, bs.UniqueRun, bs.UniqueIgnored
+	st.Lost, st.UniqueRun, st.UniqueIgn, st.UniqueStale = bs.Lost, bs.UniqueRun, bs.UniqueIgnored, bs.UniqueStale
 	return st
 }
 
