@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -597,9 +598,18 @@ type publishers struct {
 func (b *Bus) pubDone(err *error) {
 	if *err != nil {
 		b.pub.failed.Add(1)
+		if isBareFault(*err) {
+			*err = fmt.Errorf("events: post to %s: %w", b.opts.Path, *err)
+		}
 	} else {
 		b.pub.succeeded.Add(1)
 	}
+}
+
+// isBareFault reports whether err is a fault as ring.RecoverFault gives
+// it, without the path and the call it happened in.
+func isBareFault(err error) bool {
+	return errors.Is(err, ring.ErrFault) && !strings.HasPrefix(err.Error(), "events: ")
 }
 
 // waitPublishers waits until no publish call is touching the region. It
@@ -724,6 +734,11 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 // drain reads until the ring and the local queue are empty. It runs under
 // pollMu.
 func (b *Bus) drain() (err error) {
+	defer func() {
+		if isBareFault(err) {
+			err = fmt.Errorf("events: poll %s: %w", b.opts.Path, err)
+		}
+	}()
 	// A file truncated under the mapping faults on access: an error for
 	// this bus, not a crash of the process.
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)

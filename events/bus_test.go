@@ -1021,8 +1021,10 @@ func TestDoneAfterCloseAndAfterTruncation(t *testing.T) {
 	// with the header page gone too, it leaves Lag at zero.
 	_, err = tx.Poll()
 	assert.ErrorIs(t, err, ring.ErrFault)
+	assert.Contains(t, err.Error(), path, "the error names the file")
 	_, err = tx.Publish("t", "e", nil)
 	assert.ErrorIs(t, err, ring.ErrFault)
+	assert.Contains(t, err.Error(), path, "the error names the file")
 }
 
 // skipFaultOnAtomicsUnderRace skips a test whose truncation the process
