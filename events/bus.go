@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -261,6 +260,7 @@ type Bus struct {
 	// and write-held by Close, so Close never unmaps under a running call.
 	life       sync.RWMutex
 	pub        publishers
+	pollWhere  string      // names a fault a poll meets; built once, not per poll
 	closing    atomic.Bool // Close has begun
 	closed     atomic.Bool // Close has posted "stopping": new calls fail
 	deferClose atomic.Bool // Close left its teardown to the running poll
@@ -345,7 +345,8 @@ func Open(opts Options) (*Bus, error) {
 		r.Close()
 		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)
 	}
-	b := &Bus{opts: opts, ring: r, uniq: uniq, pid: os.Getpid(), rd: rd, subs: map[*subscription]struct{}{}}
+	b := &Bus{opts: opts, ring: r, uniq: uniq, pid: os.Getpid(), rd: rd, subs: map[*subscription]struct{}{},
+		pollWhere: "events: poll " + opts.Path}
 	b.cursor.Store(rd.Cursor())
 	b.handlers.Store(new([]*Registration))
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -508,7 +509,7 @@ func (b *Bus) publish(source, name, unique string, data []byte) (_ uint64, err e
 	if b.closed.Load() {
 		return 0, ErrClosed
 	}
-	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err) // named by pubDone
 	if unique != "" {
 		return b.appendUnique(source, name, unique, data)
 	}
@@ -598,18 +599,14 @@ type publishers struct {
 func (b *Bus) pubDone(err *error) {
 	if *err != nil {
 		b.pub.failed.Add(1)
-		if isBareFault(*err) {
+		if errors.Is(*err, ring.ErrFault) {
+			// From RecoverFault, the one source of ErrFault in publish:
+			// named here, off the path of a post that succeeds.
 			*err = fmt.Errorf("events: post to %s: %w", b.opts.Path, *err)
 		}
 	} else {
 		b.pub.succeeded.Add(1)
 	}
-}
-
-// isBareFault reports whether err is a fault as ring.RecoverFault gives
-// it, without the path and the call it happened in.
-func isBareFault(err error) bool {
-	return errors.Is(err, ring.ErrFault) && !strings.HasPrefix(err.Error(), "events: ")
 }
 
 // waitPublishers waits until no publish call is touching the region. It
@@ -734,14 +731,9 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 // drain reads until the ring and the local queue are empty. It runs under
 // pollMu.
 func (b *Bus) drain() (err error) {
-	defer func() {
-		if isBareFault(err) {
-			err = fmt.Errorf("events: poll %s: %w", b.opts.Path, err)
-		}
-	}()
 	// A file truncated under the mapping faults on access: an error for
 	// this bus, not a crash of the process.
-	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
+	defer ring.RecoverFaultIn(debug.SetPanicOnFault(true), &err, b.pollWhere)
 	defer b.mirrorReaderStats()
 	// dispatching is set before the first handler runs and cleared only
 	// once the ring is found empty, then the ring is read once more: a

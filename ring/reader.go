@@ -353,17 +353,27 @@ const (
 // touches the mapped region and must survive its file being truncated:
 //
 //	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
-func RecoverFault(old bool, err *error) {
+func RecoverFault(old bool, err *error) { faultError(old, recover(), err, "") }
+
+// RecoverFaultIn is RecoverFault for a caller that names where the fault
+// happened: the error reads "where: fault at ...".
+func RecoverFaultIn(old bool, err *error, where string) { faultError(old, recover(), err, where) }
+
+// faultError is RecoverFault's work on what recover returned (recover
+// works only when called by the deferred function itself).
+func faultError(old bool, p any, err *error, where string) {
 	debug.SetPanicOnFault(old)
-	p := recover()
 	if p == nil {
 		return
 	}
-	if f, ok := p.(interface{ Addr() uintptr }); ok {
-		*err = fmt.Errorf("fault at %#x: %w", f.Addr(), ErrFault)
-		return
+	f, ok := p.(interface{ Addr() uintptr })
+	if !ok {
+		panic(p)
 	}
-	panic(p)
+	*err = fmt.Errorf("fault at %#x: %w", f.Addr(), ErrFault)
+	if where != "" {
+		*err = fmt.Errorf("%s: %w", where, *err)
+	}
 }
 
 // copyBatch copies committed records from the cursor into the arena, up to

@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/shmring/shmring/shm"
 	"github.com/stretchr/testify/assert"
@@ -174,4 +178,36 @@ func TestPublishedCursorAtRefill(t *testing.T) {
 	ri := slot()
 	assert.Equal(t, uint64(63*4), ri.Received, "records delivered before the refill")
 	assert.Equal(t, uint64(63*4), ri.Cursor, "the cursor of the same point")
+}
+
+// RecoverFault turns a memory fault into ErrFault, and RecoverFaultIn names
+// where it happened; any other panic goes on.
+func TestRecoverFault(t *testing.T) {
+	page, err := unix.Mmap(-1, 0, 4096, unix.PROT_NONE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Munmap(page) })
+	touch := func() { page[0]++ } // faults: the page is PROT_NONE
+
+	fault := func(where string) (err error) {
+		if where == "" {
+			defer RecoverFault(debug.SetPanicOnFault(true), &err)
+		} else {
+			defer RecoverFaultIn(debug.SetPanicOnFault(true), &err, where)
+		}
+		touch()
+		return nil
+	}
+	err = fault("")
+	require.ErrorIs(t, err, ErrFault)
+	assert.True(t, strings.HasPrefix(err.Error(), "fault at 0x"), err.Error())
+	err = fault("events: poll /dev/shm/x")
+	require.ErrorIs(t, err, ErrFault)
+	assert.True(t, strings.HasPrefix(err.Error(), "events: poll /dev/shm/x: fault at 0x"), err.Error())
+	assert.False(t, debug.SetPanicOnFault(false), "the goroutine's setting is restored")
+
+	assert.PanicsWithValue(t, "not a fault", func() {
+		var err error
+		defer RecoverFaultIn(debug.SetPanicOnFault(true), &err, "x")
+		panic("not a fault")
+	})
 }
