@@ -1504,3 +1504,43 @@ func TestProcModesDeliver(t *testing.T) {
 		}
 	}
 }
+
+// TestProcSpinBusSkipsKilledPoster: a Spin-mode bus, which looks at the
+// ring's claim counter only once per WaitInterval, still skips the entry of
+// a poster killed between its claim and its commit, with or without an
+// event posted after it, and counts it once.
+func TestProcSpinBusSkipsKilledPoster(t *testing.T) {
+	path, rg := newRing(t, 1<<10, 1<<17)
+	s := startBus(t, busConfig{Path: path, Mode: events.Spin, WaitMax: 100 * time.Millisecond, WaitInterval: 5 * time.Millisecond, Start: "0"})
+	s.do("reg h t13")
+	p := startBus(t, busConfig{Path: path, Mode: events.Manual})
+	claimAndDie := func(wake string) uint64 {
+		k := testproc.Start(t, "claimer", path, wake)
+		line, err := k.Expect("claimed ", waitLong)
+		require.NoError(t, err)
+		seq, err := strconv.ParseUint(strings.TrimPrefix(line, "claimed "), 10, 64)
+		require.NoError(t, err)
+		require.True(t, k.Kill(), "the claimer died of SIGKILL")
+		return seq
+	}
+
+	dead := claimAndDie("nowake")
+	p.do("postn t13 ev 10")
+	s.wait("h", 10)
+	for _, e := range s.events("h") {
+		assert.Greater(t, e.Seq, dead)
+	}
+	st := s.settle(0)
+	assert.Equal(t, uint64(1), st.Abandoned)
+	assert.Zero(t, st.Lost)
+
+	// Nothing posted after it: the spinner finds it from the claim counter.
+	dead = claimAndDie("wake")
+	require.NoError(t, json.Unmarshal([]byte(s.do("waitstat Abandoned 2 %d", waitLong.Milliseconds())), &st))
+	assert.Equal(t, dead+1, st.Cursor, "moved past the dead entry")
+	assert.Zero(t, st.Lost)
+	p.do("postn t13 more 1")
+	s.wait("h", 11)
+	assert.Equal(t, uint64(2), rg.Counters().Abandoned, "abandoned once each")
+	s.do("close")
+}

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/shmring/shmring/shm"
 )
@@ -127,13 +128,16 @@ type Reader struct {
 	pendingSince time.Time
 	pendingSet   bool
 
-	// ref is the data-ring position of the last record copied, from which
-	// the next one's is guessed (wordFormat.near) without loading
-	// dataTail: that load, a cache miss whenever a producer has just
-	// claimed, then happens after the copy, where verifyBatch needs it
-	// anyway and where it overlaps the copy's own misses.
-	ref     uint64
-	haveRef bool
+	// expect is where the record after the last one copied begins: the
+	// next one's position is guessed from it (see copyBatch) without
+	// loading dataTail, a cache miss whenever a producer has just claimed.
+	expect     uint64
+	haveExpect bool
+	// hint is expect+1 (0: none yet) as of the last refill, for
+	// Prefetch, which may run on another goroutine; kept only once
+	// Prefetch has been called (hinted), as the store is not free.
+	hint   atomic.Uint64
+	hinted atomic.Bool
 
 	slot      *readerSlot // nil when Unregistered
 	slotOwner uint64      // the owner word we claimed the slot with
@@ -316,7 +320,7 @@ func (rd *Reader) fill() (err error) {
 		rd.recs = rd.recs[:0]
 		rd.arena = rd.arena[:0]
 		stop := rd.copyBatch()
-		if len(rd.recs) > 0 && rd.verifyBatch() {
+		if len(rd.recs) > 0 && rd.verifyBatch(stop == stopCaughtUp) {
 			stop = stopRetry
 		}
 		if len(rd.recs) > 0 {
@@ -342,10 +346,11 @@ func (rd *Reader) fill() (err error) {
 type batchStop int
 
 const (
-	stopFull    batchStop = iota // the batch is full, or a record was copied and the next is not ready
-	stopEmpty                    // nothing is claimed past the cursor
-	stopPending                  // the entry at the cursor is claimed but not committed
-	stopRetry                    // verifyBatch cut the batch short: read on from the cursor
+	stopFull     batchStop = iota // the batch is full
+	stopCaughtUp                  // records were copied and the next entry is not committed
+	stopEmpty                     // nothing is claimed past the cursor
+	stopPending                   // the entry at the cursor is claimed but not committed
+	stopRetry                     // verifyBatch cut the batch short: read on from the cursor
 )
 
 // RecoverFault restores the goroutine's panic-on-fault setting and turns a
@@ -388,7 +393,12 @@ func (rd *Reader) copyBatch() batchStop {
 	r := rd.ring
 	f := &r.fmt
 	c := rd.cursor
-	defer func() { rd.cursor = c }()
+	defer func() {
+		rd.cursor = c
+		if rd.haveExpect && rd.hinted.Load() {
+			rd.hint.Store(rd.expect + 1) // for Prefetch; orders nothing
+		}
+	}()
 	for len(rd.recs) < cap(rd.recs) && len(rd.arena) < arenaSoftCap {
 		e := &r.index[c&r.indexMask].word
 		// Acquire: pairs with the commit CAS in Ring.commit; the record's
@@ -397,15 +407,23 @@ func (rd *Reader) copyBatch() batchStop {
 		switch {
 		case f.tag(w) == f.tagOf(c, stateCommitted):
 			var pos uint64
-			guessed := rd.haveRef
-			if guessed {
-				pos = f.near(w, rd.ref) // checked by verifyBatch
-			} else {
+			guessed := rd.haveExpect
+			switch {
+			case guessed && (w-rd.expect)&f.posMask == 0:
+				// The record begins where the last one ended, as it
+				// does unless producers overtook each other. Taken from
+				// expect, not from w, the copy's address does not wait
+				// for the word's load: the CPU fetches both lines at
+				// once, and the branch checks the guess.
+				pos = rd.expect
+			case guessed:
+				pos = f.near(w, rd.expect) // checked by verifyBatch
+			default:
 				// Acquire, after the word: seq c is claimed, so its bytes
 				// lie below this, less than 2^P bytes back (layout.go).
 				pos = f.position(w, r.ctl.dataTail.Load())
 			}
-			rd.ref, rd.haveRef = pos, true
+			rd.expect, rd.haveExpect = pos, true // a guess for the next one, if this one's length is bad
 			start := pos & r.dataMask
 			// Bounded before it sizes the copy; whether a bad length is
 			// damage or overwritten bytes, verifyBatch decides.
@@ -418,6 +436,7 @@ func (rd *Reader) copyBatch() batchStop {
 			}
 			off := len(rd.arena)
 			rd.arena = append(rd.arena, r.data[start:start+hdrSize+uint64(length)]...)
+			rd.expect = pos + hdrSize + uint64(length)
 			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length, guessed: guessed})
 			rd.takeSkip()
 			c++
@@ -430,7 +449,7 @@ func (rd *Reader) copyBatch() batchStop {
 			// there is nothing to read here.
 			if c >= r.ctl.seqTail.Load() { // acquire, after the word
 				if len(rd.recs) > 0 {
-					return stopFull
+					return stopCaughtUp
 				}
 				return stopEmpty
 			}
@@ -442,7 +461,7 @@ func (rd *Reader) copyBatch() batchStop {
 		default:
 			// Not committed: the word is still an earlier lap's, or zero.
 			if len(rd.recs) > 0 {
-				return stopFull // deliver what we have first
+				return stopCaughtUp // deliver what we have first
 			}
 			// Acquire, after the word: pairs with the producers' fetch-add.
 			if c >= r.ctl.seqTail.Load() {
@@ -555,9 +574,25 @@ func (rd *Reader) addSkipped(i int) {
 // verifyBatch drops the copied records whose bytes may have been overwritten
 // while they were copied, or that fail their checks. If a record's position
 // was guessed wrong, it keeps only the records before it, moves the cursor
-// back to it and reports true: the next pass reads it again.
-func (rd *Reader) verifyBatch() (cut bool) {
+// back to it and reports true: the next pass reads it again. caughtUp says
+// the batch ended at an entry not yet committed.
+func (rd *Reader) verifyBatch(caughtUp bool) (cut bool) {
 	r := rd.ring
+	// One record, and the next not committed: the reader is at the head of
+	// the ring, the case where latency matters. Its checksum, which ties its
+	// bytes to its sequence number, is the check, and dataTail is not
+	// loaded: that load is a cache miss on the reader's path, and it costs
+	// the next producer another, to take the line back for its claim. For
+	// the record to be overwritten while it was copied, producers would
+	// have to claim the whole data ring meanwhile (the reader was
+	// descheduled), and the bytes they wrote would then have to pass a
+	// 32-bit checksum under this record's sequence number. A record that
+	// fails it is checked against dataTail below, like any other: lost if
+	// overwritten, corrupt if not.
+	if caughtUp && len(rd.recs) == 1 && rd.intact(&rd.recs[0]) {
+		rd.recs[0].off += hdrSize
+		return false
+	}
 	// Acquire, after the copies: producers claim bytes (fetch-add on
 	// dataTail) before they write them, so a record whose first byte is
 	// still within the last D claimed bytes was intact while we copied it.
@@ -575,7 +610,7 @@ func (rd *Reader) verifyBatch() (cut bool) {
 				// wrong: the bytes copied are another record's.
 				// Everything from here on is read again, with the
 				// position from dataTail.
-				rd.cursor, rd.haveRef = b.seq, false
+				rd.cursor, rd.haveExpect = b.seq, false
 				rd.recs = kept
 				rd.skip = carry // the skips after b are found again
 				return true
@@ -584,7 +619,7 @@ func (rd *Reader) verifyBatch() (cut bool) {
 			// the position bits cover between two loads: no producer
 			// of this ring does that. Skipped, not read again, so that
 			// a damaged or hostile writer cannot keep the reader here.
-			rd.haveRef = false
+			rd.haveExpect = false
 			carry.Corrupt++
 			continue
 		}
@@ -594,14 +629,7 @@ func (rd *Reader) verifyBatch() (cut bool) {
 		}
 		// Not overwritten by the ring's own producers, yet wrong: a producer
 		// that wrote after its entry was abandoned, or damage.
-		if b.badLen {
-			carry.Corrupt++
-			continue
-		}
-		hdr := rd.arena[b.off : b.off+hdrSize]
-		payload := rd.arena[b.off+hdrSize : b.off+hdrSize+int(b.length)]
-		if binary.LittleEndian.Uint32(hdr) != b.length ||
-			recordSum(payload)^seqMix(b.seq) != binary.LittleEndian.Uint32(hdr[4:]) {
+		if !rd.intact(b) {
 			carry.Corrupt++
 			continue
 		}
@@ -620,6 +648,19 @@ func (rd *Reader) verifyBatch() (cut bool) {
 	carry.add(rd.skip)
 	rd.skip = carry
 	return false
+}
+
+// intact reports whether buffered record b passes its checks: a length
+// within MaxRecord that was still the header's after the copy, and the
+// checksum under its sequence number.
+func (rd *Reader) intact(b *batchRecord) bool {
+	if b.badLen {
+		return false
+	}
+	hdr := rd.arena[b.off : b.off+hdrSize]
+	payload := rd.arena[b.off+hdrSize : b.off+hdrSize+int(b.length)]
+	return binary.LittleEndian.Uint32(hdr) == b.length &&
+		recordSum(payload)^seqMix(b.seq) == binary.LittleEndian.Uint32(hdr[4:])
 }
 
 // Wait blocks until Read has something to return, ctx ends, or timeout
@@ -839,6 +880,41 @@ func (rd *Reader) peek() peekState {
 // producer's entry is abandoned in time and a lapped reader counts its loss.
 func (r *Ring) Ready(seq uint64) bool {
 	return r.fmt.settled(r.index[seq&r.indexMask].word.Load(), seq) // acquire: pairs with the commit CAS
+}
+
+// Ready is Ring.Ready for this reader: it also reports an entry that a
+// later lap reused (the reader was lapped; Read counts the loss), so that a
+// caller spinning on it reads on. Unlike the reader's other methods it may
+// run on another goroutine while one reads.
+func (rd *Reader) Ready(seq uint64) bool {
+	r := rd.ring
+	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS
+	return r.fmt.settled(w, seq) || (w != 0 && r.fmt.later(w, seq))
+}
+
+// Prefetch loads the first two cache lines where the record after the last
+// one read will probably begin, for a caller that spins on Ready: when that
+// record is committed its bytes are then in this CPU's cache already, or
+// on their way while the index word's line comes in, rather than a second
+// cache miss after it. It costs the producer that writes them a cache miss
+// too, so a caller should prefetch only once it has spun for a while: when
+// records arrive back to back, it would slow their producers. Like Ready it
+// may run on another goroutine while one reads.
+func (rd *Reader) Prefetch() {
+	h := rd.hint.Load() // written by copyBatch; orders nothing
+	if h == 0 {
+		if !rd.hinted.Load() {
+			rd.hinted.Store(true) // from the next refill on
+		}
+		return
+	}
+	r := rd.ring
+	line := (h - 1) & r.dataMask &^ 63
+	// Plain loads would be dropped as unused; these are not, and their
+	// values do not matter (the read loads the bytes again after the
+	// index word).
+	(*atomic.Uint64)(unsafe.Pointer(&r.data[line])).Load()
+	(*atomic.Uint64)(unsafe.Pointer(&r.data[line+64])).Load()
 }
 
 func minPositive(a, b time.Duration) time.Duration {

@@ -174,8 +174,8 @@ func TestWrongPositionGuessIsReadAgain(t *testing.T) {
 	_, err := r.Append(payload(0, 64))
 	require.NoError(t, err)
 	require.Len(t, drain(t, rd), 1)
-	require.True(t, rd.haveRef)
-	ref := rd.ref
+	require.True(t, rd.haveExpect)
+	ref := rd.expect
 
 	// Write just over half the position space, in 64-byte records.
 	half := uint64(1) << (g.PositionBits() - 1)
