@@ -990,16 +990,17 @@ func (b *Bus) run() {
 	}
 }
 
-// spinNext watches the index word of the next event with plain loads
-// (Reader.Ready) until it is ready or the bus closes: it turns ready with
-// the event's commit. After spinPrefetch turns it also loads the data
-// lines where the event will probably begin (Reader.Prefetch), so that the
-// poll finds them in the cache; not sooner, as that would slow producers
-// that post back to back. Once every WaitInterval it looks at the claim
-// counter too, so that an entry claimed and never committed is polled (and
-// abandoned after WaitMax). Not more often: the counter's line is one each
-// producer writes, and a reader that holds it makes the next producer wait
-// to take it back. A file truncated under the mapping gives ErrFault.
+// spinNext watches the index word of the next event, with loads that
+// take no lock (Reader.Ready), until it is ready or the bus closes: it
+// turns ready with the event's commit. After spinPrefetch turns it also
+// loads the data lines where the event will probably begin
+// (Reader.Prefetch), so that the poll finds them in the cache; not sooner,
+// as that would slow producers that post back to back. Once per
+// spinClaimCheck period it looks at the claim counter too, so that an entry
+// claimed and never committed is polled, which starts its WaitMax. Not more
+// often: the counter's line is one each producer writes, and a reader that
+// holds it makes the next producer wait to take it back. A file truncated
+// under the mapping gives ErrFault.
 func (b *Bus) spinNext() (err error) {
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	var last time.Time
@@ -1013,7 +1014,7 @@ func (b *Bus) spinNext() (err error) {
 			}
 			if now := time.Now(); last.IsZero() {
 				last = now
-			} else if now.Sub(last) >= b.opts.WaitInterval {
+			} else if now.Sub(last) >= b.spinClaimCheck() {
 				last = now
 				if b.cursor.Load() < b.ring.Next() {
 					return nil
@@ -1023,6 +1024,14 @@ func (b *Bus) spinNext() (err error) {
 		}
 	}
 	return nil
+}
+
+// spinClaimCheck is how often spinNext looks at the claim counter:
+// WaitInterval, the period at which an incomplete entry is retried, or a
+// tenth of WaitMax if that is shorter, so that an entry whose producer died
+// is skipped no more than a tenth later than WaitMax says.
+func (b *Bus) spinClaimCheck() time.Duration {
+	return min(b.opts.WaitInterval, b.opts.WaitMax/10)
 }
 
 // spinPrefetch is how many times spinNext finds the next event not ready

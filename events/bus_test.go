@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/ring"
@@ -1249,4 +1250,34 @@ func TestUniqueFaultInUndoReleasesLock(t *testing.T) {
 	require.Positive(t, faults, "the truncations never met a post")
 	_, err := b.PublishUnique("cache", "purge", nil, "groups")
 	assert.NoError(t, err, "a unique post once the file is whole again")
+}
+
+// A poster that dies between its claim and its commit holds the bus up for
+// about WaitMax, in Spin mode as in Wake mode: the spinner, which looks at
+// the claim counter only now and then, does so often enough that WaitMax,
+// not WaitInterval, decides when the entry is skipped.
+func TestDeadPosterSkippedAfterWaitMax(t *testing.T) {
+	const waitMax, waitInterval = 50 * time.Millisecond, 5 * time.Second
+	for _, mode := range []Mode{Wake, Spin} {
+		t.Run(mode.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "bus")
+			rx := openBus(t, Options{Path: path, Mode: mode, WaitMax: waitMax, WaitInterval: waitInterval})
+			tx := openBus(t, Options{Path: path, Mode: Manual})
+			got := make(chan time.Time, 1)
+			rx.Register(func(e *Event) { got <- time.Now() }, "t")
+			// A claim that is never committed: seqTail is the first word
+			// of the control area (ring/layout.go).
+			(*atomic.Uint64)(unsafe.Pointer(&tx.Ring().Region().Control()[0])).Add(1)
+			start := time.Now()
+			_, err := tx.Publish("t", "e", nil)
+			require.NoError(t, err)
+			select {
+			case at := <-got:
+				assert.Less(t, at.Sub(start), waitInterval, "skipped after WaitMax, not after WaitInterval")
+			case <-time.After(2 * waitInterval):
+				t.Fatal("the event after the dead entry was not handled")
+			}
+			assert.Equal(t, uint64(1), rx.Stats().Abandoned)
+		})
+	}
 }

@@ -16,9 +16,13 @@ import (
 // line, nor the pair of lines that adjacent-line prefetchers fetch together.
 //
 //	ctl off  hdr off  size  field        written by                   read by
-//	0        128      8     seqTail      producers: fetch-add (claim)  readers: once per batch
-//	128      256      8     dataTail     producers: fetch-add (claim)  readers: twice per batch (positions,
-//	                                                                   then the overwrite check)
+//	0        128      8     seqTail      producers: fetch-add (claim)  readers: when the next entry is not
+//	                                                                   committed (empty or pending?) or
+//	                                                                   reused (lapped?)
+//	128      256      8     dataTail     producers: fetch-add (claim)  readers: at most twice per batch
+//	                                                                   (a position with nothing to guess
+//	                                                                   from; the overwrite check, which a
+//	                                                                   lone record at the head skips)
 //	256      384      4     wakeGen      producers: add to wake        readers: futex word
 //	260      388      4     sleeping     readers: 1 before a wait      producers: swap to 0, then wake
 //	384      512      8     abandoned    the reader that abandons      operators
@@ -209,7 +213,10 @@ func (f *wordFormat) position(w, dataTail uint64) uint64 {
 // near guesses the full position of word w's record as the one nearest to
 // ref, the position of a record read just before it: records of adjacent
 // sequence numbers lie close together. It is only a guess: a reader checks
-// it against position() with a dataTail loaded after the copy.
+// it against position() with a dataTail loaded after the copy, except for a
+// lone record at the head, whose bytes are the same at any position with
+// the same low P bits (2^P is a multiple of the data size), so that a wrong
+// guess there costs nothing and is corrected at the next longer batch.
 func (f *wordFormat) near(w, ref uint64) uint64 {
 	d := (w - ref) & f.posMask
 	if d > f.posMask>>1 {

@@ -99,7 +99,7 @@ type batchRecord struct {
 	off     int    // offset in the arena: of the header, then (verified) of the payload
 	length  uint32
 	badLen  bool // the header's length exceeds MaxRecord: nothing was copied
-	guessed bool // pos was guessed from the previous record's (wordFormat.near)
+	guessed bool // pos was guessed from where the previous record ended (copyBatch)
 	skipped bool // Reader.skipped at the same index holds what was skipped just before it
 }
 
@@ -572,23 +572,28 @@ func (rd *Reader) addSkipped(i int) {
 }
 
 // verifyBatch drops the copied records whose bytes may have been overwritten
-// while they were copied, or that fail their checks. If a record's position
+// while they were copied, or that fail their checks (a lone record at the
+// head: that fails its checks, below). If a record's position
 // was guessed wrong, it keeps only the records before it, moves the cursor
 // back to it and reports true: the next pass reads it again. caughtUp says
 // the batch ended at an entry not yet committed.
 func (rd *Reader) verifyBatch(caughtUp bool) (cut bool) {
 	r := rd.ring
 	// One record, and the next not committed: the reader is at the head of
-	// the ring, the case where latency matters. Its checksum, which ties its
-	// bytes to its sequence number, is the check, and dataTail is not
-	// loaded: that load is a cache miss on the reader's path, and it costs
-	// the next producer another, to take the line back for its claim. For
-	// the record to be overwritten while it was copied, producers would
-	// have to claim the whole data ring meanwhile (the reader was
-	// descheduled), and the bytes they wrote would then have to pass a
-	// 32-bit checksum under this record's sequence number. A record that
-	// fails it is checked against dataTail below, like any other: lost if
-	// overwritten, corrupt if not.
+	// the committed records (most often of the ring), the case where
+	// latency matters. Its checksum, which ties its bytes to its sequence
+	// number, is the check, and dataTail is not loaded: that load is a
+	// cache miss on the reader's path, and it costs the next producer
+	// another, to take the line back for its claim. For the record to be
+	// overwritten before or while it was copied, producers would have to
+	// claim the whole data ring past it (the reader was descheduled, or a
+	// dead producer's entry holds it at a record far behind), and the bytes
+	// they wrote would then have to pass a 32-bit checksum under this
+	// record's sequence number. A record that fails it is checked against
+	// dataTail below, like any other: lost if overwritten, corrupt if not.
+	// One that passes is delivered even where dataTail says its bytes may
+	// have been overwritten (the claims past it were not all written):
+	// they were not.
 	if caughtUp && len(rd.recs) == 1 && rd.intact(&rd.recs[0]) {
 		rd.recs[0].off += hdrSize
 		return false
@@ -889,7 +894,12 @@ func (r *Ring) Ready(seq uint64) bool {
 func (rd *Reader) Ready(seq uint64) bool {
 	r := rd.ring
 	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS
-	return r.fmt.settled(w, seq) || (w != 0 && r.fmt.later(w, seq))
+	if r.fmt.settled(w, seq) {
+		return true
+	}
+	// A later lap's word with seq not claimed is damage, and Read finds
+	// the ring empty there: not ready, or a spinner would poll in a loop.
+	return w != 0 && r.fmt.later(w, seq) && seq < r.ctl.seqTail.Load() // acquire, after the word
 }
 
 // Prefetch loads the first two cache lines where the record after the last
