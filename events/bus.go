@@ -992,10 +992,8 @@ func (b *Bus) run() {
 
 // spinNext watches the index word of the next event, with loads that
 // take no lock (Reader.Ready), until it is ready or the bus closes: it
-// turns ready with the event's commit. After spinPrefetch turns it also
-// loads the data lines where the event will probably begin
-// (Reader.Prefetch), so that the poll finds them in the cache; not sooner,
-// as that would slow producers that post back to back. Once per
+// turns ready with the event's commit, and the line it brings in is the
+// one the poll needs first. Once per
 // spinClaimCheck period it looks at the claim counter too, so that an entry
 // claimed and never committed is polled, which starts its WaitMax. Not more
 // often: the counter's line is one each producer writes, and a reader that
@@ -1005,9 +1003,6 @@ func (b *Bus) spinNext() (err error) {
 	defer ring.RecoverFault(debug.SetPanicOnFault(true), &err)
 	var last time.Time
 	for i := 1; !b.rd.Ready(b.cursor.Load()); i++ {
-		if i >= spinPrefetch {
-			b.rd.Prefetch()
-		}
 		if i%1024 == 0 {
 			if b.ctx.Err() != nil {
 				return nil
@@ -1033,11 +1028,6 @@ func (b *Bus) spinNext() (err error) {
 func (b *Bus) spinClaimCheck() time.Duration {
 	return min(b.opts.WaitInterval, b.opts.WaitMax/10)
 }
-
-// spinPrefetch is how many times spinNext finds the next event not ready
-// before it prefetches its lines: a few hundred nanoseconds, longer than a
-// producer posting back to back takes per event.
-const spinPrefetch = 64
 
 // waitNext sleeps until the ring holds an event past the cursor.
 func (b *Bus) waitNext() (err error) {

@@ -112,29 +112,3 @@ func TestReaderReadyOnDamagedTail(t *testing.T) {
 	assert.Equal(t, peekEmpty, rd.peek())
 	assert.False(t, rd.Ready(rd.Cursor()))
 }
-
-// Prefetch keeps no hint until it is first called (the store is not free),
-// then one per refill: where the record after the last one read begins.
-// At the end of the data ring its two lines are still inside the mapping.
-func TestPrefetchHint(t *testing.T) {
-	g := shm.Geometry{IndexSlots: 64, DataBytes: shm.MinDataBytes, MaxRecord: 256}
-	r := openTestRing(t, g)
-	rd := newTestReader(t, r, ReaderOptions{})
-	_, err := r.Append(payload(0, 64))
-	require.NoError(t, err)
-	require.Len(t, drain(t, rd), 1)
-	assert.Zero(t, rd.hint.Load(), "no hint kept before Prefetch is called")
-	rd.Prefetch() // no hint yet: asks for them
-
-	var end uint64
-	for i := 1; end < 3*g.DataBytes; i++ {
-		seq, err := r.Append(payload(i, 100+i%50))
-		require.NoError(t, err)
-		got := drain(t, rd)
-		require.Len(t, got, 1)
-		pos := posOf(r, seq)
-		end = pos + hdrSize + uint64(len(got[0].Data))
-		assert.Equal(t, end+1, rd.hint.Load(), "seq %d", seq)
-		rd.Prefetch() // every offset of the ring, the last bytes included
-	}
-}

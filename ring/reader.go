@@ -9,7 +9,6 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/shmring/shmring/shm"
 )
@@ -133,11 +132,6 @@ type Reader struct {
 	// loading dataTail, a cache miss whenever a producer has just claimed.
 	expect     uint64
 	haveExpect bool
-	// hint is expect+1 (0: none yet) as of the last refill, for
-	// Prefetch, which may run on another goroutine; kept only once
-	// Prefetch has been called (hinted), as the store is not free.
-	hint   atomic.Uint64
-	hinted atomic.Bool
 
 	slot      *readerSlot // nil when Unregistered
 	slotOwner uint64      // the owner word we claimed the slot with
@@ -393,12 +387,7 @@ func (rd *Reader) copyBatch() batchStop {
 	r := rd.ring
 	f := &r.fmt
 	c := rd.cursor
-	defer func() {
-		rd.cursor = c
-		if rd.haveExpect && rd.hinted.Load() {
-			rd.hint.Store(rd.expect + 1) // for Prefetch; orders nothing
-		}
-	}()
+	defer func() { rd.cursor = c }()
 	for len(rd.recs) < cap(rd.recs) && len(rd.arena) < arenaSoftCap {
 		e := &r.index[c&r.indexMask].word
 		// Acquire: pairs with the commit CAS in Ring.commit; the record's
@@ -900,31 +889,6 @@ func (rd *Reader) Ready(seq uint64) bool {
 	// A later lap's word with seq not claimed is damage, and Read finds
 	// the ring empty there: not ready, or a spinner would poll in a loop.
 	return w != 0 && r.fmt.later(w, seq) && seq < r.ctl.seqTail.Load() // acquire, after the word
-}
-
-// Prefetch loads the first two cache lines where the record after the last
-// one read will probably begin, for a caller that spins on Ready: when that
-// record is committed its bytes are then in this CPU's cache already, or
-// on their way while the index word's line comes in, rather than a second
-// cache miss after it. It costs the producer that writes them a cache miss
-// too, so a caller should prefetch only once it has spun for a while: when
-// records arrive back to back, it would slow their producers. Like Ready it
-// may run on another goroutine while one reads.
-func (rd *Reader) Prefetch() {
-	h := rd.hint.Load() // written by copyBatch; orders nothing
-	if h == 0 {
-		if !rd.hinted.Load() {
-			rd.hinted.Store(true) // from the next refill on
-		}
-		return
-	}
-	r := rd.ring
-	line := (h - 1) & r.dataMask &^ 63
-	// Plain loads would be dropped as unused; these are not, and their
-	// values do not matter (the read loads the bytes again after the
-	// index word).
-	(*atomic.Uint64)(unsafe.Pointer(&r.data[line])).Load()
-	(*atomic.Uint64)(unsafe.Pointer(&r.data[line+64])).Load()
 }
 
 func minPositive(a, b time.Duration) time.Duration {
