@@ -1236,6 +1236,20 @@ func TestProcSubscribeDropsExactly(t *testing.T) {
 	assert.Empty(t, a.drain("otherSource"))
 }
 
+// claimAndDie starts a claimer process on the ring at path, which claims a
+// sequence number (waking sleepers if wake is "wake") and never commits it,
+// kills it with SIGKILL and returns the sequence number it claimed.
+func claimAndDie(t *testing.T, path, wake string) uint64 {
+	t.Helper()
+	k := testproc.Start(t, "claimer", path, wake)
+	line, err := k.Expect("claimed ", waitLong)
+	require.NoError(t, err)
+	seq, err := strconv.ParseUint(strings.TrimPrefix(line, "claimed "), 10, 64)
+	require.NoError(t, err)
+	require.True(t, k.Kill(), "the claimer died of SIGKILL")
+	return seq
+}
+
 // TestProcKilledPosterIsSkippedDeterministic: a process claims a sequence
 // number and is SIGKILLed before it writes the entry (and before it wakes
 // anybody). Every bus process skips that entry once, counts it abandoned,
@@ -1250,18 +1264,9 @@ func TestProcKilledPosterIsSkippedDeterministic(t *testing.T) {
 		c.do("reg h t9")
 		cs = append(cs, c)
 	}
-	claimAndDie := func(wake string) uint64 {
-		k := testproc.Start(t, "claimer", path, wake)
-		line, err := k.Expect("claimed ", waitLong)
-		require.NoError(t, err)
-		seq, err := strconv.ParseUint(strings.TrimPrefix(line, "claimed "), 10, 64)
-		require.NoError(t, err)
-		require.True(t, k.Kill(), "the claimer died of SIGKILL")
-		return seq
-	}
 	// Killed between its claim and its wake-up: the readers learn of the
 	// entry from the next post.
-	dead := claimAndDie("nowake")
+	dead := claimAndDie(t, path, "nowake")
 
 	cs[0].do("postn t9 ev %d", after)
 	for i, c := range cs {
@@ -1282,7 +1287,7 @@ func TestProcKilledPosterIsSkippedDeterministic(t *testing.T) {
 
 	// Killed after its wake-up: the readers, asleep on an otherwise idle
 	// ring, skip the entry with no post after it.
-	dead = claimAndDie("wake")
+	dead = claimAndDie(t, path, "wake")
 	for i, c := range cs {
 		var st childStats
 		require.NoError(t, json.Unmarshal([]byte(c.do("waitstat Abandoned 2 %d", waitLong.Milliseconds())), &st))
@@ -1514,17 +1519,8 @@ func TestProcSpinBusSkipsKilledPoster(t *testing.T) {
 	s := startBus(t, busConfig{Path: path, Mode: events.Spin, WaitMax: 100 * time.Millisecond, WaitInterval: 5 * time.Millisecond, Start: "0"})
 	s.do("reg h t13")
 	p := startBus(t, busConfig{Path: path, Mode: events.Manual})
-	claimAndDie := func(wake string) uint64 {
-		k := testproc.Start(t, "claimer", path, wake)
-		line, err := k.Expect("claimed ", waitLong)
-		require.NoError(t, err)
-		seq, err := strconv.ParseUint(strings.TrimPrefix(line, "claimed "), 10, 64)
-		require.NoError(t, err)
-		require.True(t, k.Kill(), "the claimer died of SIGKILL")
-		return seq
-	}
 
-	dead := claimAndDie("nowake")
+	dead := claimAndDie(t, path, "nowake")
 	p.do("postn t13 ev 10")
 	s.wait("h", 10)
 	for _, e := range s.events("h") {
@@ -1535,7 +1531,7 @@ func TestProcSpinBusSkipsKilledPoster(t *testing.T) {
 	assert.Zero(t, st.Lost)
 
 	// Nothing posted after it: the spinner finds it from the claim counter.
-	dead = claimAndDie("wake")
+	dead = claimAndDie(t, path, "wake")
 	require.NoError(t, json.Unmarshal([]byte(s.do("waitstat Abandoned 2 %d", waitLong.Milliseconds())), &st))
 	assert.Equal(t, dead+1, st.Cursor, "moved past the dead entry")
 	assert.Zero(t, st.Lost)
