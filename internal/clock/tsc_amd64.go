@@ -1,0 +1,50 @@
+package clock
+
+import (
+	"bytes"
+	"io"
+	"os"
+)
+
+// rdtsc reads the time-stamp counter.
+func rdtsc() uint64
+
+// rdtscOrdered reads the time-stamp counter after every earlier instruction
+// has completed.
+func rdtscOrdered() uint64
+
+// tscUsable reports whether the counter ticks at one rate in every CPU
+// state (constant_tsc, nonstop_tsc) on every CPU, as the kernel reports it.
+// SHMRING_CLOCK=kernel turns it off.
+var tscUsable = func() bool {
+	if os.Getenv("SHMRING_CLOCK") == "kernel" {
+		return false
+	}
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	// The first CPU's entry is enough, and on a big machine the whole
+	// file is large and slow to generate.
+	info := make([]byte, 32<<10)
+	n, _ := io.ReadFull(f, info)
+	flags := cpuFlags(info[:n])
+	return flags["constant_tsc"] && flags["nonstop_tsc"]
+}()
+
+// cpuFlags returns the flags the kernel lists for the first CPU.
+func cpuFlags(info []byte) map[string]bool {
+	flags := map[string]bool{}
+	for line := range bytes.SplitSeq(info, []byte("\n")) {
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || string(bytes.TrimSpace(name)) != "flags" {
+			continue
+		}
+		for _, f := range bytes.Fields(value) {
+			flags[string(f)] = true
+		}
+		break
+	}
+	return flags
+}
