@@ -81,9 +81,10 @@ func MeasureCPUSpeeds() []CPUSpeed {
 	return speeds
 }
 
-// MeasureClockRead returns the cost of one read of CLOCK_MONOTONIC in
-// nanoseconds: every event is stamped with one, and so is every sample of
-// the latency rows.
+// MeasureClockRead returns the cost of one fenced read of CLOCK_MONOTONIC
+// (Now) in nanoseconds, the read every latency sample takes twice. (An
+// event's posting time is an unfenced read, cheaper where the clock reads
+// the CPU's counter.)
 func MeasureClockRead() float64 {
 	const reads = 1 << 20
 	start := time.Now()

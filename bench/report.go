@@ -21,9 +21,11 @@ type Machine struct {
 	MemGiB int    `json:"mem_gib,omitempty"`
 	Go     string `json:"go"`
 	OSArch string `json:"os_arch"`
-	// CPUSpeed and ClockReadNs are measured when the run starts.
+	// CPUSpeed and ClockReadNs are measured when the run starts;
+	// ClockSource is what the clock read: "tsc" or "kernel".
 	CPUSpeed    []CPUSpeed `json:"cpu_speed,omitempty"`
 	ClockReadNs float64    `json:"clock_read_ns,omitempty"`
+	ClockSource string     `json:"clock_source,omitempty"`
 }
 
 // ReadMachine describes this machine.
@@ -70,7 +72,8 @@ func (m Machine) String() string {
 		s += "\ncpu speed: " + strings.Join(parts, ", ") + " (a fixed loop pinned to each, relative to the fastest)"
 	}
 	if m.ClockReadNs > 0 {
-		s += fmt.Sprintf("\nclock read: %.1f ns (CLOCK_MONOTONIC; every event and every latency sample takes one)", m.ClockReadNs)
+		via := map[string]string{"tsc": ", read from the CPU's TSC", "kernel": ", read through the vDSO"}[m.ClockSource]
+		s += fmt.Sprintf("\nclock read: %.1f ns (CLOCK_MONOTONIC%s; every latency sample takes one)", m.ClockReadNs, via)
 	}
 	return s
 }

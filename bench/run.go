@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/shm"
 )
 
@@ -335,6 +336,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Machine: ReadMachine(), Started: start.UTC().Format(time.RFC3339), Rings: cfg.ringFiles()}
 	rep.Machine.CPUSpeed = MeasureCPUSpeeds()
 	rep.Machine.ClockReadNs = MeasureClockRead()
+	rep.Machine.ClockSource = clock.Source()
 	h := &harness{ctx: ctx, cfg: cfg, rep: rep}
 	if slow := slowCPUs(rep.Machine.CPUSpeed); slow != "" {
 		h.warn("%s of the fastest CPU's speed: something else keeps it busy (another process, or another tenant of the host), and rows with a process there are slower for it", slow)

@@ -53,8 +53,10 @@ import (
 // later, when the event it held has left the ring.
 //
 // Expiry is read on CLOCK_MONOTONIC (internal/clock.Mono), one clock for
-// every process of the machine that never jumps; the posting time an event
-// carries for its handlers is wall time, and decides nothing here.
+// every process of the machine that is never stepped (a read may fall some
+// tens of ns behind the one before it when internal/clock takes a new
+// anchor, far below any Timeout); the posting time an event carries for its
+// handlers is wall time, and decides nothing here.
 
 type uniqueHeader struct {
 	lock   atomic.Uint64

@@ -1,7 +1,6 @@
 package clock
 
 import (
-	"bytes"
 	"io"
 	"os"
 )
@@ -14,7 +13,8 @@ func rdtsc() uint64
 func rdtscOrdered() uint64
 
 // tscUsable reports whether the counter ticks at one rate in every CPU
-// state (constant_tsc, nonstop_tsc) on every CPU, as the kernel reports it.
+// state (constant_tsc, nonstop_tsc), as the kernel reports it for the first
+// CPU. Whether the CPUs' counters agree is checked as anchors are taken.
 // SHMRING_CLOCK=kernel turns it off.
 var tscUsable = func() bool {
 	if os.Getenv("SHMRING_CLOCK") == "kernel" {
@@ -32,19 +32,3 @@ var tscUsable = func() bool {
 	flags := cpuFlags(info[:n])
 	return flags["constant_tsc"] && flags["nonstop_tsc"]
 }()
-
-// cpuFlags returns the flags the kernel lists for the first CPU.
-func cpuFlags(info []byte) map[string]bool {
-	flags := map[string]bool{}
-	for line := range bytes.SplitSeq(info, []byte("\n")) {
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || string(bytes.TrimSpace(name)) != "flags" {
-			continue
-		}
-		for _, f := range bytes.Fields(value) {
-			flags[string(f)] = true
-		}
-		break
-	}
-	return flags
-}
