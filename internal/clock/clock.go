@@ -17,9 +17,11 @@
 // The flags do not promise that every CPU's counter agrees. Each new anchor is
 // therefore checked against the one before: a counter that ran backwards,
 // a rate that moved by more than 1 %, or an extrapolation more than 5 µs off
-// the kernel's clock (counters apart on two CPUs, a jump, a live migration)
-// turns the counter off for the rest of the process, and reads go to the
-// kernel. SHMRING_CLOCK=kernel turns it off from the start.
+// the kernel's clock (counters apart on two CPUs, a jump, a live migration,
+// an NTP daemon slewing the kernel's clock by more than 0.5 %) turns the
+// counter off for the rest of the process, and reads go to the kernel: a
+// safe end, at the kernel's price. SHMRING_CLOCK=kernel turns it off from
+// the start.
 //
 // Reads are not strictly monotonic: a new anchor may start up to the
 // extrapolation's error (tens of ns) behind the reads of the old one.
