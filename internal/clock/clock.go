@@ -41,7 +41,7 @@ import (
 // precedes the call, so a receiver's stamp never precedes its sight of what
 // it is timing.
 func Mono() int64 {
-	if tscOn.Load() { // snapshot: turned off at most once
+	if !tscOff.Load() { // snapshot: turned off at most once
 		if ns, ok := anchored.at(rdtscOrdered()); ok {
 			return ns
 		}
@@ -52,7 +52,7 @@ func Mono() int64 {
 // stamp is Mono without the fence, for a time that a record carries: it may
 // be read a few nanoseconds early or late.
 func stamp() int64 {
-	if tscOn.Load() {
+	if !tscOff.Load() {
 		if ns, ok := anchored.at(rdtsc()); ok {
 			return ns
 		}
@@ -66,10 +66,10 @@ func System() int64 { return nanotime() }
 
 // Source names the clock Mono reads: "tsc" or "kernel".
 func Source() string {
-	if tscOn.Load() {
-		return "tsc"
+	if tscOff.Load() || !tscUsable() {
+		return "kernel"
 	}
-	return "kernel"
+	return "tsc"
 }
 
 // nanotime is CLOCK_MONOTONIC on Linux. The runtime keeps it available to
@@ -91,12 +91,12 @@ var monoToWall = func() int64 {
 // few ppm).
 func WallNano() int64 { return stamp() + monoToWall }
 
-// tscOn is whether reads use the counter; it starts as tscUsable and is
-// turned off for good when the counter disagrees with the kernel's clock.
-var tscOn = func() (b atomic.Bool) {
-	b.Store(tscUsable)
-	return
-}()
+// tscOff is whether reads go to the kernel's clock: set for good by the
+// first read on a machine whose counter is not usable (tscUsable, asked
+// then rather than when a process starts, which not every process that
+// links this package would pay for), or when the counter disagrees with the
+// kernel's clock.
+var tscOff atomic.Bool
 
 // anchorState maps counter readings near tsc onto CLOCK_MONOTONIC:
 // ns + (counter - tsc) * mult / 2^32. It is a sequence lock: a writer makes
@@ -114,13 +114,9 @@ var anchored anchorState
 
 // at returns the time at counter reading t, if the anchor covers it.
 func (a *anchorState) at(t uint64) (int64, bool) {
-	g := a.gen.Load() // acquire: pairs with the writer's final gen store
-	base, ns, mult := a.tsc.Load(), a.ns.Load(), a.mult.Load()
-	if a.gen.Load() != g || g&1 != 0 || mult == 0 {
-		return 0, false
-	}
+	base, ns, mult, ok := a.load()
 	d := t - base
-	if d >= anchorTicks { // also a counter behind the anchor (d wrapped)
+	if !ok || mult == 0 || d >= anchorTicks { // d wraps for a counter behind the anchor
 		return 0, false
 	}
 	return ns + ticksToNs(d, mult), true
@@ -128,7 +124,7 @@ func (a *anchorState) at(t uint64) (int64, bool) {
 
 // load returns the anchor, and false while a writer holds it.
 func (a *anchorState) load() (base uint64, ns int64, mult uint64, ok bool) {
-	g := a.gen.Load()
+	g := a.gen.Load() // acquire: pairs with the writer's final gen store
 	base, ns, mult = a.tsc.Load(), a.ns.Load(), a.mult.Load()
 	return base, ns, mult, g&1 == 0 && a.gen.Load() == g
 }
@@ -201,7 +197,11 @@ func pair() (t uint64, ns int64, ok bool) {
 // anchor, checks the previous anchor's extrapolation against the kernel,
 // and folds the rate into the one it had.
 func reanchor() int64 {
-	if !tscOn.Load() {
+	if tscOff.Load() {
+		return nanotime()
+	}
+	if !tscUsable() {
+		turnOff()
 		return nanotime()
 	}
 	t, ns, ok := pair()
@@ -256,4 +256,4 @@ func reanchor() int64 {
 }
 
 // turnOff sends every later read to the kernel's clock.
-func turnOff() { tscOn.Store(false) }
+func turnOff() { tscOff.Store(true) }

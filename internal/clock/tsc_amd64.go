@@ -3,6 +3,7 @@ package clock
 import (
 	"io"
 	"os"
+	"sync"
 )
 
 // rdtsc reads the time-stamp counter.
@@ -16,7 +17,7 @@ func rdtscOrdered() uint64
 // state (constant_tsc, nonstop_tsc), as the kernel reports it for the first
 // CPU. Whether the CPUs' counters agree is checked as anchors are taken.
 // SHMRING_CLOCK=kernel turns it off.
-var tscUsable = func() bool {
+var tscUsable = sync.OnceValue(func() bool {
 	if os.Getenv("SHMRING_CLOCK") == "kernel" {
 		return false
 	}
@@ -31,4 +32,4 @@ var tscUsable = func() bool {
 	n, _ := io.ReadFull(f, info)
 	flags := cpuFlags(info[:n])
 	return flags["constant_tsc"] && flags["nonstop_tsc"]
-}()
+})

@@ -3,7 +3,7 @@
 package clock
 
 // Only amd64 reads the counter itself; elsewhere Mono is the kernel's read.
-var tscUsable = false
+func tscUsable() bool { return false }
 
 func rdtsc() uint64        { return 0 }
 func rdtscOrdered() uint64 { return 0 }
