@@ -329,8 +329,7 @@ func Open(opts Options) (*Bus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("events: open: %w", err)
 	}
-	g := r.Region().Geometry()
-	uniq, err := newUniqueTable(r.Region().Unique(), int(g.UniqueSlots), int(g.IndexSlots), opts.WaitMax)
+	uniq, err := newUniqueTable(r.Region(), opts.WaitMax)
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("events: open %s: %w", opts.Path, err)

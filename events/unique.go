@@ -90,9 +90,11 @@ type uniqueTable struct {
 	lockWait time.Duration
 }
 
-// newUniqueTable maps the unique section b of a region with u key-table
-// entries and n index slots (a power of two).
-func newUniqueTable(b []byte, u, n int, lockWait time.Duration) (*uniqueTable, error) {
+// newUniqueTable maps region's unique section: its geometry's UniqueSlots
+// key-table entries and IndexSlots claim words.
+func newUniqueTable(region *shm.Region, lockWait time.Duration) (*uniqueTable, error) {
+	b, g := region.Unique(), region.Geometry()
+	u, n := int(g.UniqueSlots), int(g.IndexSlots)
 	if u < 2 {
 		return nil, fmt.Errorf("%w: the region's unique table has %d entries, need at least 2", ErrUniqueTableFull, u)
 	}
@@ -360,11 +362,9 @@ func (t *uniqueTable) snapshot() (UniqueStats, []UniqueKey) {
 // keys still live, with their text where the winning event is still in the
 // ring. It writes nothing and registers no reader, for tools.
 func UniqueTable(r *ring.Ring) (UniqueStats, []UniqueKey, error) {
-	region := r.Region()
-	g := region.Geometry()
-	t, err := newUniqueTable(region.Unique(), int(g.UniqueSlots), int(g.IndexSlots), 0)
+	t, err := newUniqueTable(r.Region(), 0)
 	if err != nil {
-		return UniqueStats{}, nil, fmt.Errorf("events: %s: %w", region.Path(), err)
+		return UniqueStats{}, nil, fmt.Errorf("events: %s: %w", r.Region().Path(), err)
 	}
 	st, keys := t.snapshot()
 	keyTexts(r, keys)
