@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shmring/shmring/internal/clock"
 	"github.com/shmring/shmring/shm"
 )
 
@@ -136,8 +137,19 @@ type Reader struct {
 	slot      *readerSlot // nil when Unregistered
 	slotOwner uint64      // the owner word we claimed the slot with
 	slotIndex int
+	// shown is what the slot holds from the last publish, so that a
+	// publish stores only what moved: each store is an atomic exchange.
+	shown     slotCounters
+	shownOnce bool
 	fills     uint64
 	closed    bool
+}
+
+// slotCounters are the fields of a registry slot that a reader publishes
+// besides its heartbeat.
+type slotCounters struct {
+	cursor uint64
+	ReaderStats
 }
 
 const arenaSoftCap = 256 << 10
@@ -915,11 +927,28 @@ func (rd *Reader) publishTo(s *readerSlot) {
 		return // reclaimed by mistake and taken by another reader: not ours to write
 	}
 	// Each store is independent: observers read a recent snapshot, not a
-	// consistent one.
-	s.cursor.Store(rd.Cursor())
-	s.received.Store(rd.stats.Received)
-	s.lost.Store(rd.stats.Lost)
-	s.abandoned.Store(rd.stats.Abandoned)
-	s.corrupt.Store(rd.stats.Corrupt)
-	s.heartbeat.Store(uint64(time.Now().UnixNano()))
+	// consistent one. Only the owner writes these fields, so a value
+	// stored before is still there; a bus publishes after every poll,
+	// and the loss counters rarely move.
+	now := slotCounters{cursor: rd.Cursor(), ReaderStats: rd.stats}
+	old, all := rd.shown, !rd.shownOnce
+	if all || now.cursor != old.cursor {
+		s.cursor.Store(now.cursor)
+	}
+	if all || now.Received != old.Received {
+		s.received.Store(now.Received)
+	}
+	if all || now.Lost != old.Lost {
+		s.lost.Store(now.Lost)
+	}
+	if all || now.Abandoned != old.Abandoned {
+		s.abandoned.Store(now.Abandoned)
+	}
+	if all || now.Corrupt != old.Corrupt {
+		s.corrupt.Store(now.Corrupt)
+	}
+	rd.shown, rd.shownOnce = now, true
+	// The counter-based clock: time.Now reads two kernel clocks, which in
+	// a VM cost more than the stores above together.
+	s.heartbeat.Store(uint64(clock.WallNano()))
 }
