@@ -1120,6 +1120,11 @@ func (b *Bus) Ring() *ring.Ring { return b.ring }
 
 // localQueue holds PostLocal events until a poll runs them.
 type localQueue struct {
+	// n is len(q), readable without the lock: every poll looks here once
+	// it finds the ring empty, and PostLocal is rare. Its add in push and
+	// its load in pop are what order a push against the poll that must
+	// find it (see drain), as the ring's commit does for an event.
+	n  atomic.Int64
 	mu sync.Mutex
 	q  []*Event
 }
@@ -1127,10 +1132,14 @@ type localQueue struct {
 func (l *localQueue) push(e *Event) {
 	l.mu.Lock()
 	l.q = append(l.q, e)
+	l.n.Add(1)
 	l.mu.Unlock()
 }
 
 func (l *localQueue) pop() *Event {
+	if l.n.Load() == 0 {
+		return nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.q) == 0 {
@@ -1139,5 +1148,6 @@ func (l *localQueue) pop() *Event {
 	e := l.q[0]
 	l.q[0] = nil
 	l.q = l.q[1:]
+	l.n.Add(-1)
 	return e
 }
