@@ -717,7 +717,7 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 	}
 	err := ErrClosed
 	if !b.closed.Load() {
-		err = b.drain()
+		err = b.drain(onPoller && b.opts.Mode == Spin)
 	}
 	b.pollMu.Unlock()
 	b.afterPoll(onPoller)
@@ -729,7 +729,14 @@ func (b *Bus) poll(onPoller bool) (Result, error) {
 
 // drain reads until the ring and the local queue are empty. It runs under
 // pollMu.
-func (b *Bus) drain() (err error) {
+//
+// spinning says the Spin poller drains: once it has handled an event, an
+// entry that is not yet committed ends the drain without a look at the
+// claim counter to tell an empty ring from a pending entry. Loading that
+// counter takes its line from the producers, and the next one to post
+// would wait to take it back, on the way to the reader. The poller's spin
+// looks at the counter in its own time (spinNext).
+func (b *Bus) drain(spinning bool) (err error) {
 	// A file truncated under the mapping faults on access: an error for
 	// this bus, not a crash of the process.
 	defer ring.RecoverFaultIn(debug.SetPanicOnFault(true), &err, b.pollWhere)
@@ -746,6 +753,16 @@ func (b *Bus) drain() (err error) {
 		}
 	}()
 	for !b.closed.Load() { // a handler may close the bus
+		if spinning && dispatching && b.rd.Buffered() == 0 && !b.rd.Ready(b.rd.Cursor()) {
+			// As if empty (see above); local events are still run.
+			if e := b.local.pop(); e != nil {
+				b.dispatch(e)
+				continue
+			}
+			b.dispatching.Store(false)
+			dispatching = false
+			return nil
+		}
 		rec, err := b.rd.Read()
 		switch {
 		case err == nil:

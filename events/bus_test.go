@@ -1281,3 +1281,35 @@ func TestDeadPosterSkippedAfterWaitMax(t *testing.T) {
 		})
 	}
 }
+
+// A Spin-mode poller that has handled an event ends its drain at the next
+// uncommitted entry without looking at the claim counter; the entry of a
+// poster that died there is still skipped after WaitMax, and the events
+// behind it are handled.
+func TestSpinDeadPosterAfterAnEvent(t *testing.T) {
+	const waitMax, waitInterval = 50 * time.Millisecond, 5 * time.Second
+	path := filepath.Join(t.TempDir(), "bus")
+	tx := openBus(t, Options{Path: path, Mode: Manual})
+	_, err := tx.Publish("t", "before", nil)
+	require.NoError(t, err)
+	// A claim that is never committed (seqTail: the first word of the
+	// control area, ring/layout.go), then an event behind it.
+	(*atomic.Uint64)(unsafe.Pointer(&tx.Ring().Region().Control()[0])).Add(1)
+	_, err = tx.Publish("t", "after", nil)
+	require.NoError(t, err)
+
+	got := make(chan string, 2)
+	start := time.Now()
+	rx := openBus(t, Options{Path: path, Mode: Spin, StartAt: Oldest, WaitMax: waitMax, WaitInterval: waitInterval,
+		Setup: func(b *Bus) { b.Register(func(e *Event) { got <- e.Name }, "t") }})
+	for _, want := range []string{"before", "after"} {
+		select {
+		case name := <-got:
+			assert.Equal(t, want, name)
+		case <-time.After(2 * waitInterval):
+			t.Fatalf("%q was not handled", want)
+		}
+	}
+	assert.Less(t, time.Since(start), waitInterval, "skipped after WaitMax, not after WaitInterval")
+	assert.Equal(t, uint64(1), rx.Stats().Abandoned)
+}
