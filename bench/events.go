@@ -64,11 +64,14 @@ func EventsReceive(l *Link, path string, mode events.Mode, n int) (*Result, erro
 		}
 		last = stamp
 		lat.Record(now - stamp)
-		if s, err := processSwitches(); err == nil {
-			if s == switches {
-				awake++
+		if mode == events.Wake {
+			// A system call per sample: only where "awake" means something.
+			if s, err := processSwitches(); err == nil {
+				if s == switches {
+					awake++
+				}
+				switches = s
 			}
-			switches = s
 		}
 		l.Ack(i)
 		if i == n {
