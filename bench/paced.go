@@ -29,6 +29,9 @@ var pacedSeriesList = []pacedSeries{
 	{"floor/futex", false,
 		func(l *Link, _ string, n int) error { return FutexSend(l, n) },
 		func(l *Link, _ string, n int) (*Result, error) { return FutexReceive(l, n) }},
+	{"ring/spin", true,
+		func(l *Link, dir string, n int) error { return RingSpinSend(l, pacedRing(dir), n) },
+		func(l *Link, dir string, n int) (*Result, error) { return RingSpinReceive(l, pacedRing(dir), n) }},
 	{"events/spin", true,
 		func(l *Link, dir string, n int) error { return EventsSend(l, pacedBus(dir), false, n) },
 		func(l *Link, dir string, n int) (*Result, error) {

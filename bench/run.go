@@ -863,7 +863,9 @@ func (h *harness) ratios() {
 				continue
 			}
 			floor := "floor/futex"
-			if t := transports[r.Series]; t != nil && t.spins || r.Series == "events/spin" {
+			if t := transports[r.Series]; t != nil && t.spins {
+				floor = "floor/cacheline"
+			} else if p, ok := findPaced(r.Series); ok && p.spins {
 				floor = "floor/cacheline"
 			}
 			if f := find(func(o *Row) bool { return o.Series == floor }); f != nil && f.Latency.P50 > 0 {

@@ -53,7 +53,7 @@ func TestQuickJSON(t *testing.T) {
 		assert.Positive(t, r.Sent, "%s %s sent", r.Series, r.Method)
 	}
 	// The paced series: the floors and the bus, each with all its samples.
-	for _, s := range []string{"floor/cacheline", "floor/futex", "events/spin", "events/wake"} {
+	for _, s := range []string{"floor/cacheline", "floor/futex", "ring/spin", "events/spin", "events/wake"} {
 		rs := rows[key{"latency", s, "paced"}]
 		require.Len(t, rs, 1, s)
 		assert.EqualValues(t, 300, rs[0].Latency.Count, s)
