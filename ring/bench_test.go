@@ -3,6 +3,8 @@ package ring
 import (
 	"fmt"
 	"hash/crc32"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -17,6 +19,34 @@ func BenchmarkAppend(b *testing.B) {
 			p := payload(1, size)
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := r.Append(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkAppendRingSize is BenchmarkAppend of 64-byte records into rings
+// of growing data sizes, in /dev/shm where it exists: once the ring is
+// larger than the last-level cache, each append waits for memory, with no
+// reader at all.
+func BenchmarkAppendRingSize(b *testing.B) {
+	for _, mib := range []int{4, 16, 64, 256} {
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			dir := b.TempDir()
+			if d, err := os.MkdirTemp("/dev/shm", "shmring-bench"); err == nil {
+				b.Cleanup(func() { os.RemoveAll(d) })
+				dir = d
+			}
+			r, err := Open(filepath.Join(dir, "ring"), Options{Geometry: shm.Geometry{IndexSlots: 1 << 20, DataBytes: uint64(mib) << 20}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			p := payload(1, 64)
+			b.SetBytes(64)
 			for b.Loop() {
 				if _, err := r.Append(p); err != nil {
 					b.Fatal(err)
