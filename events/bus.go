@@ -759,8 +759,14 @@ func (b *Bus) drain(spinning bool) (err error) {
 				b.dispatch(e)
 				continue
 			}
-			b.dispatching.Store(false)
+			b.dispatching.Store(false) // ordered before the looks that follow
 			dispatching = false
+			// Look once more, as below: a Poll that returned Recursive
+			// posted before the store. An event behind an entry still
+			// pending is the spin's, which polls again.
+			if b.rd.Ready(b.rd.Cursor()) || b.local.n.Load() != 0 {
+				continue
+			}
 			return nil
 		}
 		rec, err := b.rd.Read()
