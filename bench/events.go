@@ -44,6 +44,7 @@ func EventsReceive(l *Link, path string, mode events.Mode, n int) (*Result, erro
 		return nil, err
 	}
 	defer bus.Close()
+	prefault(bus.Ring()) // the first touch of a page is a fault, not latency
 	lat := new(Latency)
 	done := make(chan error, 1)
 	i, last, awake := 0, int64(0), int64(0)
@@ -107,6 +108,7 @@ func EventsSend(l *Link, path string, wake bool, n int) error {
 		return err
 	}
 	defer bus.Close()
+	prefault(bus.Ring())
 	pid := int(l.pid.Load()) // after WaitReady: stored before Ready
 	threads, err := newProcessThreads(pid)
 	if err != nil {

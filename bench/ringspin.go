@@ -29,6 +29,7 @@ func RingSpinReceive(l *Link, path string, n int) (*Result, error) {
 		return nil, err
 	}
 	defer r.Close()
+	prefault(r) // the first touch of a page is a fault, not latency
 	rd, err := r.NewReader(ring.ReaderOptions{})
 	if err != nil {
 		return nil, err
@@ -81,6 +82,7 @@ func RingSpinSend(l *Link, path string, n int) error {
 	}
 	r := ring.New(region)
 	defer r.Close()
+	prefault(r)
 	msg := make([]byte, EventsPayload)
 	for i := 1; i <= n; i++ {
 		if err := l.WaitAck(i - 1); err != nil {

@@ -50,7 +50,10 @@ func openBus(t *testing.T, opts Options) *Bus {
 	}
 	b, err := Open(opts)
 	require.NoError(t, err)
-	t.Cleanup(func() { b.Close() })
+	t.Cleanup(func() {
+		b.Close()
+		<-b.Done() // a poller that Close left to finish must not outlive the test
+	})
 	return b
 }
 

@@ -66,7 +66,7 @@ import (
 //	24   8     lost       records it never saw: lapped or overwritten while read
 //	32   8     abandoned  incomplete entries it skipped after WaitMax
 //	40   8     corrupt    entries that failed their bounds or checksum checks
-//	48   8     heartbeat  unix nanoseconds of the last update
+//	48   8     heartbeat  unix nanoseconds of an update at most 1 ms before the last
 //	56   4     waiting    1 while the reader sleeps on wakeGen (for operators)
 //	60   4     reserved
 //

@@ -141,6 +141,7 @@ type Reader struct {
 	// publish stores only what moved: each store is an atomic exchange.
 	shown     slotCounters
 	shownOnce bool
+	beatAt    int64 // clock.Stamp when the heartbeat was last stored
 	fills     uint64
 	closed    bool
 }
@@ -948,7 +949,16 @@ func (rd *Reader) publishTo(s *readerSlot) {
 		s.corrupt.Store(now.Corrupt)
 	}
 	rd.shown, rd.shownOnce = now, true
-	// The counter-based clock: time.Now reads two kernel clocks, which in
-	// a VM cost more than the stores above together.
-	s.heartbeat.Store(uint64(clock.WallNano()))
+	// The heartbeat is wall time for operators, and time.Now reads two
+	// kernel clocks (55 ns in a VM, more than the stores above together):
+	// taken at most once per heartbeatEvery, which the counter clock
+	// measures.
+	if t := clock.Stamp(); all || t-rd.beatAt >= int64(heartbeatEvery) {
+		s.heartbeat.Store(uint64(time.Now().UnixNano()))
+		rd.beatAt = t
+	}
 }
+
+// heartbeatEvery bounds how stale a registry slot's heartbeat is behind the
+// reader's last publish.
+const heartbeatEvery = time.Millisecond

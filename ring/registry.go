@@ -16,7 +16,7 @@ type ReaderInfo struct {
 	Lost      uint64
 	Abandoned uint64
 	Corrupt   uint64
-	Heartbeat time.Time // when the reader last published its counters
+	Heartbeat time.Time // when the reader published its counters, within a millisecond of the last time
 	Waiting   bool      // asleep on the ring's futex
 }
 

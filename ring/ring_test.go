@@ -395,6 +395,48 @@ func TestRegistry(t *testing.T) {
 	assert.Empty(t, r.Readers())
 }
 
+// A reader's slot shows its cursor and counters after each publish, with
+// only the fields that moved stored, and a wall-clock heartbeat renewed at
+// most once per heartbeatEvery.
+func TestRegistryPublish(t *testing.T) {
+	r := openTestRing(t, shm.Geometry{IndexSlots: 16, DataBytes: 4096, ReaderSlots: 1})
+	before := time.Now()
+	rd := newTestReader(t, r, ReaderOptions{})
+	slot := func() ReaderInfo {
+		infos := r.Readers()
+		require.Len(t, infos, 1)
+		return infos[0]
+	}
+	first := slot()
+	assert.False(t, first.Heartbeat.Before(before.Truncate(time.Microsecond)), "stamped when the slot was taken")
+	assert.False(t, first.Heartbeat.After(time.Now()))
+
+	for i := range 3 {
+		_, err := r.Append([]byte{byte(i)})
+		require.NoError(t, err)
+	}
+	for range 3 {
+		_, err := rd.Read()
+		require.NoError(t, err)
+	}
+	rd.Sync()
+	got := slot()
+	assert.Equal(t, uint64(3), got.Cursor)
+	assert.Equal(t, uint64(3), got.Received)
+	assert.Zero(t, got.Lost+got.Abandoned+got.Corrupt)
+
+	// The heartbeat moves on once heartbeatEvery has passed since the
+	// last one was stored.
+	deadline := time.Now().Add(10 * time.Second)
+	for slot().Heartbeat.Equal(first.Heartbeat) {
+		require.True(t, time.Now().Before(deadline), "the heartbeat never moved")
+		rd.Sync()
+	}
+	// (Measured on the counter clock, taken on the wall clock: not exact.)
+	assert.GreaterOrEqual(t, slot().Heartbeat.Sub(first.Heartbeat), heartbeatEvery/2)
+	assert.Equal(t, uint64(3), slot().Cursor, "fields that did not move are still there")
+}
+
 func TestClosedRing(t *testing.T) {
 	r, err := Open(filepath.Join(t.TempDir(), "ring"), Options{Geometry: shm.Geometry{IndexSlots: 16, DataBytes: 4096, ReaderSlots: 1}})
 	require.NoError(t, err)

@@ -49,8 +49,11 @@ func Mono() int64 {
 	return reanchor()
 }
 
-// stamp is Mono without the fence, for a time that a record carries: it may
-// be read a few nanoseconds early or late.
+// Stamp is Mono without the fence, for a time that a record carries or a
+// rough interval: it may be read a few nanoseconds early or late.
+func Stamp() int64 { return stamp() }
+
+// stamp is Stamp, for this package's callers.
 func stamp() int64 {
 	if !tscOff.Load() {
 		if ns, ok := anchored.at(rdtsc()); ok {
