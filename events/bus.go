@@ -636,7 +636,8 @@ const smallEvent = 256
 // then polls, so that when it returns Done this process has handled every
 // event up to and including its own. It returns Recursive when a poll was
 // already running on the bus (a handler posted, or the poller goroutine was
-// busy): the event is posted and that poll handles it.
+// busy): the event is posted and that poll handles it (in Spin mode, when
+// an entry before it is still being written, the poller's next poll).
 func (b *Bus) Post(source, name string, data []byte) (Result, error) {
 	if _, err := b.publish(source, name, "", data); err != nil {
 		return 0, err
@@ -695,8 +696,9 @@ func (b *Bus) PostLocal(source, name string, data []byte) (Result, error) {
 // A Poll that finds another running on the bus returns Recursive at once if
 // that one is handling events (the caller may be one of its handlers; the
 // running poll reads on until it finds the ring empty after the caller's
-// check, so it handles what the caller posted). Otherwise it waits for it
-// and then polls itself.
+// check, so it handles what the caller posted; the Spin poller stops at an
+// entry still being written, and its next poll, a spin later, handles what
+// is behind it). Otherwise it waits for it and then polls itself.
 func (b *Bus) Poll() (Result, error) { return b.poll(false) }
 
 func (b *Bus) poll(onPoller bool) (Result, error) {
