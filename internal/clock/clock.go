@@ -51,10 +51,7 @@ func Mono() int64 {
 
 // Stamp is Mono without the fence, for a time that a record carries or a
 // rough interval: it may be read a few nanoseconds early or late.
-func Stamp() int64 { return stamp() }
-
-// stamp is Stamp, for this package's callers.
-func stamp() int64 {
+func Stamp() int64 {
 	if !tscOff.Load() {
 		if ns, ok := anchored.at(rdtsc()); ok {
 			return ns
@@ -92,7 +89,7 @@ var monoToWall = func() int64 {
 // humans at the cost of one unfenced monotonic read. It does not follow
 // steps of the wall clock made after the process started (NTP slews are a
 // few ppm).
-func WallNano() int64 { return stamp() + monoToWall }
+func WallNano() int64 { return Stamp() + monoToWall }
 
 // tscOff is whether reads go to the kernel's clock: set for good by the
 // first read on a machine whose counter is not usable (tscUsable, asked

@@ -104,7 +104,7 @@ func TestMonoAgreesWithTheKernelAcrossAnchors(t *testing.T) {
 		wg.Go(func() {
 			last := Mono()
 			for System() < deadline {
-				worst[g] = max(worst[g], readsAgree(100, Mono), readsAgree(100, stamp))
+				worst[g] = max(worst[g], readsAgree(100, Mono), readsAgree(100, Stamp))
 				for range 100 {
 					m := Mono()
 					back[g] = max(back[g], last-m)
@@ -174,7 +174,7 @@ func TestCounterAtOddsWithTheKernelTurnsItOff(t *testing.T) {
 			Mono()
 			assert.Equal(t, "kernel", Source())
 			assert.LessOrEqual(t, readsAgree(1000, Mono), tolerance)
-			assert.LessOrEqual(t, readsAgree(1000, stamp), tolerance)
+			assert.LessOrEqual(t, readsAgree(1000, Stamp), tolerance)
 		})
 	}
 }
