@@ -863,9 +863,9 @@ func (h *harness) ratios() {
 				continue
 			}
 			floor := "floor/futex"
-			if t := transports[r.Series]; t != nil && t.spins {
-				floor = "floor/cacheline"
-			} else if p, ok := findPaced(r.Series); ok && p.spins {
+			t := transports[r.Series]
+			p, _ := findPaced(r.Series) // the zero series, which does not spin, if there is none
+			if t != nil && t.spins || p.spins {
 				floor = "floor/cacheline"
 			}
 			if f := find(func(o *Row) bool { return o.Series == floor }); f != nil && f.Latency.P50 > 0 {
