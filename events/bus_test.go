@@ -1255,6 +1255,13 @@ func TestUniqueFaultInUndoReleasesLock(t *testing.T) {
 	assert.NoError(t, err, "a unique post once the file is whole again")
 }
 
+// claimNeverCommitted claims a sequence number on b's ring, as a poster
+// that died before its commit leaves one: seqTail is the first word of the
+// control area (ring/layout.go).
+func claimNeverCommitted(b *Bus) {
+	(*atomic.Uint64)(unsafe.Pointer(&b.Ring().Region().Control()[0])).Add(1)
+}
+
 // A poster that dies between its claim and its commit holds the bus up for
 // about WaitMax, in Spin mode as in Wake mode: the spinner, which looks at
 // the claim counter only now and then, does so often enough that WaitMax,
@@ -1268,9 +1275,7 @@ func TestDeadPosterSkippedAfterWaitMax(t *testing.T) {
 			tx := openBus(t, Options{Path: path, Mode: Manual})
 			got := make(chan time.Time, 1)
 			rx.Register(func(e *Event) { got <- time.Now() }, "t")
-			// A claim that is never committed: seqTail is the first word
-			// of the control area (ring/layout.go).
-			(*atomic.Uint64)(unsafe.Pointer(&tx.Ring().Region().Control()[0])).Add(1)
+			claimNeverCommitted(tx)
 			start := time.Now()
 			_, err := tx.Publish("t", "e", nil)
 			require.NoError(t, err)
@@ -1295,9 +1300,7 @@ func TestSpinDeadPosterAfterAnEvent(t *testing.T) {
 	tx := openBus(t, Options{Path: path, Mode: Manual})
 	_, err := tx.Publish("t", "before", nil)
 	require.NoError(t, err)
-	// A claim that is never committed (seqTail: the first word of the
-	// control area, ring/layout.go), then an event behind it.
-	(*atomic.Uint64)(unsafe.Pointer(&tx.Ring().Region().Control()[0])).Add(1)
+	claimNeverCommitted(tx) // then an event behind it
 	_, err = tx.Publish("t", "after", nil)
 	require.NoError(t, err)
 
