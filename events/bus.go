@@ -866,15 +866,17 @@ func (b *Bus) handleRecord(rec ring.Record) {
 		b.opts.Logger.Warn("events: skipped a record that is not an event", "path", b.opts.Path, "seq", rec.Seq, "err", err)
 		return
 	}
+	// Field by field: an Event literal is built on the stack and copied
+	// with 16-byte loads, which wait for the narrower stores that built it.
 	e := &b.ev
-	*e = Event{
-		Source: b.names.get(w.source),
-		Name:   b.names.get(w.name),
-		Data:   w.data,
-		PID:    int(w.pid),
-		Seq:    rec.Seq,
-		Posted: time.Unix(0, w.posted),
-	}
+	e.Source = b.names.get(w.source)
+	e.Name = b.names.get(w.name)
+	e.Data = w.data
+	e.Unique, e.FollowUp = "", false
+	e.PID = int(w.pid)
+	e.Seq = rec.Seq
+	e.Posted = time.Unix(0, w.posted)
+	e.Local = false
 	if len(w.unique) > 0 {
 		e.Unique = string(w.unique)
 		e.FollowUp = w.followUp

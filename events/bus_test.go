@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1318,4 +1319,43 @@ func TestSpinDeadPosterAfterAnEvent(t *testing.T) {
 	}
 	assert.Less(t, time.Since(start), waitInterval, "skipped after WaitMax, not after WaitInterval")
 	assert.Equal(t, uint64(1), rx.Stats().Abandoned)
+}
+
+// TestHandleRecordSetsEveryField: the poll fills its reused Event field by
+// field, so every field must be set for each record, whatever the event
+// before it left there. A field added to Event and not set there fails.
+func TestHandleRecordSetsEveryField(t *testing.T) {
+	b := openBus(t, Options{Mode: Manual})
+	var got Event
+	b.Register(func(e *Event) { got = *e }, "src")
+
+	// Leave a value in every field, as a local or unique event would.
+	v := reflect.ValueOf(&b.ev).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString("stale")
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Int:
+			f.SetInt(-1)
+		case reflect.Uint64:
+			f.SetUint(1 << 60)
+		case reflect.Slice:
+			f.SetBytes([]byte("stale"))
+		case reflect.Struct:
+			f.Set(reflect.ValueOf(time.Unix(1, 0)))
+		default:
+			t.Fatalf("Event.%s: a field of kind %s this test cannot fill", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+
+	posted := time.Unix(0, 1_700_000_000_123_456_789)
+	rec := make([]byte, encodedSize("src", "name", "", []byte("data")))
+	encode(rec, "src", "name", "", []byte("data"), 42, posted.UnixNano(), false)
+	b.handleRecord(ring.Record{Seq: 7, Data: rec})
+
+	want := Event{Source: "src", Name: "name", Data: []byte("data"), PID: 42, Seq: 7, Posted: posted}
+	assert.Equal(t, want, got)
 }
