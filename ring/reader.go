@@ -431,8 +431,7 @@ func (rd *Reader) copyBatch() batchStop {
 			// damage or overwritten bytes, verifyBatch decides.
 			length := binary.LittleEndian.Uint32(r.data[start:])
 			if length > r.maxRecord {
-				b := rd.pushRecord()
-				b.seq, b.pos, b.badLen, b.guessed = c, pos, true, guessed
+				rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, badLen: true, guessed: guessed})
 				rd.takeSkip()
 				c++
 				continue
@@ -440,8 +439,7 @@ func (rd *Reader) copyBatch() batchStop {
 			off := len(rd.arena)
 			rd.arena = append(rd.arena, r.data[start:start+hdrSize+uint64(length)]...)
 			rd.expect = pos + hdrSize + uint64(length)
-			b := rd.pushRecord()
-			b.seq, b.pos, b.off, b.length, b.guessed = c, pos, off, length, guessed
+			rd.recs = append(rd.recs, batchRecord{seq: c, pos: pos, off: off, length: length, guessed: guessed})
 			rd.takeSkip()
 			c++
 		case f.tag(w) == f.tagOf(c, stateAbandoned):
@@ -548,18 +546,6 @@ func (rd *Reader) notePending(c uint64) time.Time {
 	return rd.pendingSince
 }
 
-// pushRecord appends a zero record to the batch, which has room for it
-// (copyBatch's loop checks), and returns it for the caller to fill in
-// place. A record built on the stack and then appended is copied with
-// 16-byte loads, which wait for the narrower stores that built it: a few
-// nanoseconds a record.
-func (rd *Reader) pushRecord() *batchRecord {
-	n := len(rd.recs)
-	rd.recs = rd.recs[:n+1]
-	rd.recs[n] = batchRecord{}
-	return &rd.recs[n]
-}
-
 // takeSkip moves what was skipped before the record just appended to the
 // batch into its place in skipped.
 func (rd *Reader) takeSkip() {
@@ -662,14 +648,7 @@ func (rd *Reader) verifyBatch(caughtUp bool) (cut bool) {
 			rd.setSkipped(len(kept), b, carry)
 			carry = ReaderStats{}
 		}
-		if len(kept) == i {
-			// Nothing dropped before b: it is in place. Copying it onto
-			// itself would reload the fields just stored, and that load
-			// waits for them.
-			kept = kept[:i+1]
-		} else {
-			kept = append(kept, *b)
-		}
+		kept = append(kept, *b)
 	}
 	rd.recs = kept
 	// Drops after the last kept record come before anything skipped after it.
