@@ -66,8 +66,7 @@ func RingSpinReceive(l *Link, path string, n int) (*Result, error) {
 		l.Ack(i)
 		i++
 	}
-	st := rd.Stats()
-	return &Result{Latency: lat, Counters: map[string]int64{"lost": int64(st.Lost), "abandoned": int64(st.Abandoned), "corrupt": int64(st.Corrupt)}}, nil
+	return &Result{Latency: lat, Counters: readerCounters(rd.Stats())}, nil
 }
 
 // RingSpinSend is the sending side of ring/spin: n records of

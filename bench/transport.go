@@ -317,8 +317,10 @@ func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error
 	}
 }
 
-func (s *ringReceiver) counters() map[string]int64 {
-	st := s.rd.Stats()
+func (s *ringReceiver) counters() map[string]int64 { return readerCounters(s.rd.Stats()) }
+
+// readerCounters are a ring reader's skips, as a Result's counters.
+func readerCounters(st ring.ReaderStats) map[string]int64 {
 	return map[string]int64{"lost": int64(st.Lost), "abandoned": int64(st.Abandoned), "corrupt": int64(st.Corrupt)}
 }
 
