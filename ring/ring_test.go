@@ -534,3 +534,46 @@ func ExampleReader_ReadContext() {
 	// 1 two
 	// {Received:2 Lost:0 Abandoned:0 Corrupt:0}
 }
+
+func ExampleReader_Ready() {
+	dir, _ := os.MkdirTemp("", "example")
+	defer os.RemoveAll(dir)
+	r, err := Open(filepath.Join(dir, "events.ring"), Options{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+	const batch = 4
+	rd, _ := r.NewReader(ReaderOptions{Start: Oldest, Batch: batch})
+	defer rd.Close()
+
+	go func() {
+		for _, s := range []string{"a", "b", "c", "d", "e", "f"} {
+			r.Append([]byte(s))
+		}
+	}()
+
+	// A consumer that wants throughput, once it has caught up, waits for
+	// the last record of a whole batch, watching only that record's index
+	// word: producers write it a batch from now, whereas the head's lines
+	// are the ones they are writing. A time limit lets it read the tail of
+	// a stream that stops short of a batch.
+	for seen := 0; seen < 6; {
+		last := rd.Cursor() + batch - 1
+		for i := 0; i < 100 && !rd.Ready(last); i++ {
+			time.Sleep(10 * time.Microsecond)
+		}
+		rec, err := rd.Read()
+		for ; err == nil; rec, err = rd.Read() {
+			fmt.Print(rec.Seq, string(rec.Data), " ")
+			seen++
+			if rd.Buffered() == 0 {
+				break // the batch is read: wait for the next one
+			}
+		}
+	}
+	fmt.Println()
+	// Output:
+	// 0a 1b 2c 3d 4e 5f
+}
