@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmring/shmring/events"
+	"github.com/shmring/shmring/ring"
 	"github.com/shmring/shmring/shm"
 )
 
@@ -341,4 +342,43 @@ func TestMeasureCPUSpeeds(t *testing.T) {
 
 	assert.Equal(t, "", slowCPUs([]CPUSpeed{{0, 1}, {1, 0.85}}))
 	assert.Equal(t, "cpu1 at 0.50×, cpu3 at 0.79×", slowCPUs([]CPUSpeed{{0, 1}, {1, 0.5}, {2, 1}, {3, 0.79}}))
+}
+
+// awaitBatch returns at once when the n-th record is there, stops looking
+// when told to, and gives up on its own when the stream stops short.
+func TestAwaitBatch(t *testing.T) {
+	r, err := ring.Open(t.TempDir()+"/ring", ring.Options{Geometry: shm.Geometry{IndexSlots: 64, DataBytes: 1 << 12}})
+	require.NoError(t, err)
+	defer r.Close()
+	rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(0), Batch: 8})
+	require.NoError(t, err)
+	defer rd.Close()
+	for range 8 {
+		_, err := r.Append([]byte("record"))
+		require.NoError(t, err)
+	}
+
+	looked := 0
+	awaitBatch(rd, 8, func() bool { looked++; return false })
+	assert.Zero(t, looked, "the 8th record is committed: no wait")
+
+	// Nine are asked for and eight are there: the wait ends on done,
+	// or, with done never true, at its own limit.
+	awaitBatch(rd, 9, func() bool { looked++; return looked == 3 })
+	assert.Equal(t, 3, looked)
+	looked = 0
+	awaitBatch(rd, 9, func() bool { looked++; return false })
+	assert.Positive(t, looked)
+
+	// What the wait was for is read in one batch.
+	for i := range 8 {
+		rec, err := rd.Read()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(i), rec.Seq)
+		if i < 7 {
+			assert.Equal(t, 7-i, rd.Buffered())
+		}
+	}
+	_, err = rd.Read()
+	assert.ErrorIs(t, err, ring.ErrEmpty)
 }

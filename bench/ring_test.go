@@ -181,8 +181,6 @@ func runProducer(args []string) error {
 
 var backoff = 3000
 
-const minLag = 256
-
 func stampRecord(p []byte, id int, counter uint64) {
 	tag := uint64(id)<<48 | counter
 	binary.LittleEndian.PutUint64(p, tag)
@@ -200,7 +198,7 @@ func runReader(args []string) error {
 	total, _ := strconv.ParseUint(args[1], 10, 64)
 	producers, _ := strconv.Atoi(args[2])
 	size, _ := strconv.Atoi(args[3])
-	rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(0), Batch: 1024})
+	rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(0), Batch: readBatch})
 	if err != nil {
 		return err
 	}
@@ -224,43 +222,39 @@ func runReader(args []string) error {
 	idle := 0
 	for rd.Cursor() < total {
 		if rd.Buffered() == 0 {
-			// Stay a batch behind the producers: the lines they are
-			// writing are theirs, and each read of one costs them a miss.
-			for lag := rd.Lag(); lag > 0 && lag < minLag && rd.Cursor()+lag < total && !producersDone.Load(); lag = rd.Lag() {
-				spinPause(int(minLag-lag) * 100)
-			}
+			awaitBatch(rd, min(readBatch, total-rd.Cursor()), producersDone.Load)
 		}
 		rec, err := rd.Read()
+		if err == nil {
+			idle = 0
+			if len(rec.Data) != size {
+				bad++
+				continue
+			}
+			tag := binary.LittleEndian.Uint64(rec.Data)
+			id, counter := int(tag>>48), tag&(1<<48-1)
+			if id >= producers || binary.LittleEndian.Uint64(rec.Data[size-8:]) != tag || counter < next[id] {
+				bad++
+				continue
+			}
+			next[id] = counter + 1
+			continue
+		}
 		if errors.Is(err, ring.ErrEmpty) && producersDone.Load() && rd.Lag() == 0 {
 			break // every producer has exited and the ring is drained
 		}
-		if errors.Is(err, ring.ErrEmpty) || errors.Is(err, ring.ErrPending) {
-			// Let a batch build up rather than re-reading the producers'
-			// lines at once: each re-read costs them a cache miss.
-			spinPause(backoff)
-			if idle++; idle > 100 {
-				idle = 0
-				if err := rd.Wait(context.Background(), time.Millisecond); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-					return err
-				}
-			}
-			continue
-		}
-		if err != nil {
+		if !errors.Is(err, ring.ErrEmpty) && !errors.Is(err, ring.ErrPending) {
 			return err
 		}
-		idle = 0
-		if len(rec.Data) != size {
-			bad++
-			continue
+		// Let a batch build up rather than re-reading the producers'
+		// lines at once: each re-read costs them a cache miss.
+		spinPause(backoff)
+		if idle++; idle > 100 {
+			idle = 0
+			if err := rd.Wait(context.Background(), time.Millisecond); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return err
+			}
 		}
-		tag := binary.LittleEndian.Uint64(rec.Data)
-		id, counter := int(tag>>48), tag&(1<<48-1)
-		if id >= producers || binary.LittleEndian.Uint64(rec.Data[size-8:]) != tag || counter < next[id] {
-			bad++
-			continue
-		}
-		next[id] = counter + 1
 	}
 	st := rd.Stats()
 	fmt.Printf("done received=%d lost=%d bad=%d\n", st.Received, st.Lost+st.Abandoned+st.Corrupt, bad)

@@ -277,7 +277,7 @@ func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	rd, err := r.NewReader(ring.ReaderOptions{Batch: 1024})
+	rd, err := r.NewReader(ring.ReaderOptions{Batch: readBatch})
 	if err != nil {
 		r.Close()
 		return nil, err
@@ -288,11 +288,21 @@ func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
 
 func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error {
 	stopped := false
-	for idle := 0; ; {
+	isStopped := func() bool {
+		select {
+		case <-stop:
+			stopped = true
+		default:
+		}
+		return stopped
+	}
+	for {
+		if s.rd.Buffered() == 0 && !stopped {
+			awaitBatch(s.rd, readBatch, isStopped)
+		}
 		rec, err := s.rd.Read()
 		switch {
 		case err == nil:
-			idle = 0
 			if !fn(rec.Data) {
 				return nil
 			}
@@ -301,19 +311,35 @@ func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error
 		default:
 			return err
 		}
-		if stopped && errors.Is(err, ring.ErrEmpty) {
+		if errors.Is(err, ring.ErrEmpty) && isStopped() {
 			return nil
 		}
-		// Empty: let a batch build up before looking again, rather than
-		// pull the lines the producers are writing to this core.
-		spinPause(2000)
-		if idle++; idle%1024 == 0 {
-			select {
-			case <-stop:
-				stopped = true
-			default:
-			}
+	}
+}
+
+// readBatch is how many records a throughput reader copies at a time, and
+// how far behind the producers it waits before it reads.
+const readBatch = 1024
+
+// awaitBatch waits until the n-th entry past rd's cursor is committed (or
+// abandoned), or for about a hundred microseconds, or until done. It looks
+// only at that entry's index word, which producers will not write for
+// another n records: a reader that polls the head instead (Read, Lag, or
+// Ready at the cursor) takes the lines the producers are writing, and each
+// look costs a producer a round trip between cores ("A reader that has
+// caught up" in README.md). The next Read then copies the n records
+// without going near the head. The time limit bounds the wait for the tail
+// of a stream that stops short of n.
+func awaitBatch(rd *ring.Reader, n uint64, done func() bool) {
+	if n == 0 {
+		return
+	}
+	last := rd.Cursor() + n - 1
+	for i := 0; i < 64 && !rd.Ready(last); i++ {
+		if done() {
+			return
 		}
+		spinPause(3000)
 	}
 }
 
