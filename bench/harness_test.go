@@ -381,4 +381,9 @@ func TestAwaitBatch(t *testing.T) {
 	}
 	_, err = rd.Read()
 	assert.ErrorIs(t, err, ring.ErrEmpty)
+
+	// A batch of small records, 256 KiB of large ones, at least one.
+	assert.Equal(t, uint64(readBatch), awaitCount(64))
+	assert.Equal(t, uint64(15), awaitCount(16<<10))
+	assert.Equal(t, uint64(1), awaitCount(1<<20))
 }

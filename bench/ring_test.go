@@ -222,7 +222,7 @@ func runReader(args []string) error {
 	idle := 0
 	for rd.Cursor() < total {
 		if rd.Buffered() == 0 {
-			awaitBatch(rd, min(readBatch, total-rd.Cursor()), producersDone.Load)
+			awaitBatch(rd, min(awaitCount(size), total-rd.Cursor()), producersDone.Load)
 		}
 		rec, err := rd.Read()
 		if err == nil {

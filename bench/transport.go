@@ -11,6 +11,7 @@ import (
 
 	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/ring"
+	"github.com/shmring/shmring/shm"
 )
 
 // A transport carries messages from producer processes to reader
@@ -268,8 +269,9 @@ func (s *ringSender) send(msg []byte) error {
 func (s *ringSender) close() error { return s.r.Close() }
 
 type ringReceiver struct {
-	r  *ring.Ring
-	rd *ring.Reader
+	r     *ring.Ring
+	rd    *ring.Reader
+	await uint64 // records to wait for before a read
 }
 
 func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
@@ -283,7 +285,7 @@ func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
 		return nil, err
 	}
 	prefault(r)
-	return &ringReceiver{r: r, rd: rd}, nil
+	return &ringReceiver{r: r, rd: rd, await: awaitCount(s.Size)}, nil
 }
 
 func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error {
@@ -298,7 +300,7 @@ func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error
 	}
 	for {
 		if s.rd.Buffered() == 0 && !stopped {
-			awaitBatch(s.rd, readBatch, isStopped)
+			awaitBatch(s.rd, s.await, isStopped)
 		}
 		rec, err := s.rd.Read()
 		switch {
@@ -317,9 +319,16 @@ func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error
 	}
 }
 
-// readBatch is how many records a throughput reader copies at a time, and
-// how far behind the producers it waits before it reads.
+// readBatch is how many records a throughput reader copies at a time.
 const readBatch = 1024
+
+// awaitCount is how many records of size payload bytes a throughput reader
+// waits for before it reads: a batch, or 256 KiB, what a ring.Reader copies
+// in one fill, for large records. Waiting for a whole batch of 16 KiB
+// records would wait for a whole default ring, and lose the first.
+func awaitCount(size int) uint64 {
+	return uint64(max(1, min(readBatch, (256<<10)/(size+shm.RecordHeaderSize))))
+}
 
 // awaitBatch waits until the n-th entry past rd's cursor is committed (or
 // abandoned), or for about a hundred microseconds, or until done. It looks
