@@ -919,7 +919,13 @@ func (r *Ring) Ready(seq uint64) bool {
 // caught up, then reads the n records: every Read at the head loads words
 // that producers are about to write, and each such load costs a producer a
 // trip between cores, whereas the entry n ahead is not written for another
-// n records.
+// n records. The wait needs a time limit, or a stream that stops short of n
+// records holds it forever; n should be well below the ring's index slots
+// and the records its data holds, or the first records are overwritten
+// before the last lands; a batch (ReaderOptions.Batch) of n ends the read
+// at the record waited for. Ready true does not promise a record: an entry
+// before seq may still be pending, and Read then returns ErrPending, after
+// which the consumer should pause rather than read again at once.
 func (rd *Reader) Ready(seq uint64) bool {
 	r := rd.ring
 	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS

@@ -515,7 +515,11 @@ func ExampleReader_ReadContext() {
 	rd, _ := r.NewReader(ReaderOptions{Start: Oldest})
 	defer rd.Close()
 
-	go r.AppendBatch([][]byte{[]byte("one"), []byte("two")})
+	appended := make(chan error, 1)
+	go func() {
+		_, err := r.AppendBatch([][]byte{[]byte("one"), []byte("two")})
+		appended <- err
+	}()
 
 	// ReadContext sleeps on the region's futex until a record is committed.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -529,10 +533,13 @@ func ExampleReader_ReadContext() {
 		fmt.Println(rec.Seq, string(rec.Data))
 	}
 	fmt.Printf("%+v\n", rd.Stats())
+	// The append is over before the deferred Close unmaps the ring.
+	fmt.Println("append error:", <-appended)
 	// Output:
 	// 0 one
 	// 1 two
 	// {Received:2 Lost:0 Abandoned:0 Corrupt:0}
+	// append error: <nil>
 }
 
 func ExampleReader_Ready() {
@@ -548,10 +555,15 @@ func ExampleReader_Ready() {
 	rd, _ := r.NewReader(ReaderOptions{Start: Oldest, Batch: batch})
 	defer rd.Close()
 
+	appended := make(chan error, 1)
 	go func() {
+		var err error
 		for _, s := range []string{"a", "b", "c", "d", "e", "f"} {
-			r.Append([]byte(s))
+			if _, err = r.Append([]byte(s)); err != nil {
+				break
+			}
 		}
+		appended <- err
 	}()
 
 	// A consumer that wants throughput, once it has caught up, waits for
@@ -559,21 +571,27 @@ func ExampleReader_Ready() {
 	// word: producers write it a batch from now, whereas the head's lines
 	// are the ones they are writing. A time limit lets it read the tail of
 	// a stream that stops short of a batch.
-	for seen := 0; seen < 6; {
+	sep := ""
+	for rd.Cursor() < 6 { // also past an entry skipped after WaitMax
 		last := rd.Cursor() + batch - 1
 		for i := 0; i < 100 && !rd.Ready(last); i++ {
 			time.Sleep(10 * time.Microsecond)
 		}
 		rec, err := rd.Read()
 		for ; err == nil; rec, err = rd.Read() {
-			fmt.Print(rec.Seq, string(rec.Data), " ")
-			seen++
+			fmt.Print(sep, rec.Seq, string(rec.Data))
+			sep = " "
 			if rd.Buffered() == 0 {
 				break // the batch is read: wait for the next one
 			}
 		}
+		if errors.Is(err, ErrPending) {
+			time.Sleep(10 * time.Microsecond) // an entry is still being written
+		}
 	}
-	fmt.Println()
+	// The appends are over before the deferred Close unmaps the ring.
+	fmt.Println("\nappend error:", <-appended)
 	// Output:
 	// 0a 1b 2c 3d 4e 5f
+	// append error: <nil>
 }
