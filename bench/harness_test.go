@@ -368,7 +368,7 @@ func TestAwaitBatch(t *testing.T) {
 	assert.Equal(t, 3, looked)
 	looked = 0
 	awaitBatch(rd, 9, func() bool { looked++; return false })
-	assert.Positive(t, looked)
+	assert.Equal(t, awaitSpins, looked)
 
 	// What the wait was for is read in one batch.
 	for i := range 8 {
@@ -382,8 +382,40 @@ func TestAwaitBatch(t *testing.T) {
 	_, err = rd.Read()
 	assert.ErrorIs(t, err, ring.ErrEmpty)
 
-	// A batch of small records, 256 KiB of large ones, at least one.
-	assert.Equal(t, uint64(readBatch), awaitCount(64))
-	assert.Equal(t, uint64(15), awaitCount(16<<10))
-	assert.Equal(t, uint64(1), awaitCount(1<<20))
+	// A batch of small records, at most 256 KiB of large ones, at most a
+	// quarter of a small ring's index or data, at least one.
+	big := shm.Geometry{IndexSlots: 1 << 20, DataBytes: 64 << 20}
+	assert.Equal(t, uint64(maxAwait), awaitCount(big, 64))
+	assert.Equal(t, uint64(15), awaitCount(big, 16<<10)) // 15 × 16392 bytes ≤ 256 KiB < 16
+	assert.Equal(t, uint64(1), awaitCount(big, 1<<20))
+	assert.Equal(t, uint64(128), awaitCount(shm.Geometry{IndexSlots: 512, DataBytes: 64 << 20}, 64))
+	assert.Equal(t, uint64(227), awaitCount(shm.Geometry{IndexSlots: 1 << 20, DataBytes: 64 << 10}, 64)) // 16 KiB / 72
+	assert.Equal(t, uint64(1), awaitCount(shm.Geometry{IndexSlots: 2, DataBytes: 64 << 10}, 64))
+}
+
+// The ring row's receiver reads what is there, short of a batch, and stops
+// once told to and the ring is empty.
+func TestRingReceiverDrainsThenStops(t *testing.T) {
+	dir := t.TempDir()
+	r, err := ring.Open(ringPath(dir), ring.Options{Geometry: shm.Geometry{IndexSlots: 64, DataBytes: 1 << 12}})
+	require.NoError(t, err)
+	defer r.Close()
+	rcv, err := newRingReceiver(&childSpec{Dir: dir, Size: 16}, nil)
+	require.NoError(t, err)
+	defer rcv.close()
+	require.Equal(t, uint64(16), rcv.(*ringReceiver).await, "a quarter of the index")
+	for i := range 5 {
+		_, err := r.Append(frame(16, 0, uint64(i), 0))
+		require.NoError(t, err)
+	}
+	stop := make(chan struct{})
+	close(stop)
+	var got []uint64
+	require.NoError(t, rcv.receive(func(msg []byte) bool {
+		_, _, seq := readFrame(msg)
+		got = append(got, seq)
+		return true
+	}, stop))
+	assert.Equal(t, []uint64{0, 1, 2, 3, 4}, got)
+	assert.Equal(t, map[string]int64{"lost": 0, "abandoned": 0, "corrupt": 0}, rcv.counters())
 }

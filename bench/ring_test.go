@@ -179,7 +179,6 @@ func runProducer(args []string) error {
 	return nil
 }
 
-var backoff = 3000
 
 func stampRecord(p []byte, id int, counter uint64) {
 	tag := uint64(id)<<48 | counter
@@ -198,7 +197,8 @@ func runReader(args []string) error {
 	total, _ := strconv.ParseUint(args[1], 10, 64)
 	producers, _ := strconv.Atoi(args[2])
 	size, _ := strconv.Atoi(args[3])
-	rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(0), Batch: readBatch})
+	batch := awaitCount(r.Region().Geometry(), size)
+	rd, err := r.NewReader(ring.ReaderOptions{Start: ring.AtSeq(0), Batch: int(batch)})
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,7 @@ func runReader(args []string) error {
 	idle := 0
 	for rd.Cursor() < total {
 		if rd.Buffered() == 0 {
-			awaitBatch(rd, min(awaitCount(size), total-rd.Cursor()), producersDone.Load)
+			awaitBatch(rd, min(batch, total-rd.Cursor()), producersDone.Load)
 		}
 		rec, err := rd.Read()
 		if err == nil {
@@ -246,9 +246,10 @@ func runReader(args []string) error {
 		if !errors.Is(err, ring.ErrEmpty) && !errors.Is(err, ring.ErrPending) {
 			return err
 		}
-		// Let a batch build up rather than re-reading the producers'
-		// lines at once: each re-read costs them a cache miss.
-		spinPause(backoff)
+		// Empty after awaitBatch's time limit, or an entry pending before
+		// the batch's last: pause before the next Read, each of which
+		// loads the head's lines, as ringReceiver does.
+		spinPause(awaitPause)
 		if idle++; idle > 100 {
 			idle = 0
 			if err := rd.Wait(context.Background(), time.Millisecond); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {

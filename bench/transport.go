@@ -271,7 +271,7 @@ func (s *ringSender) close() error { return s.r.Close() }
 type ringReceiver struct {
 	r     *ring.Ring
 	rd    *ring.Reader
-	await uint64 // records to wait for before a read
+	await uint64 // records to wait for before a read: the reader's batch
 }
 
 func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
@@ -279,13 +279,14 @@ func newRingReceiver(s *childSpec, _ []*os.File) (receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	rd, err := r.NewReader(ring.ReaderOptions{Batch: readBatch})
+	n := awaitCount(r.Region().Geometry(), s.Size)
+	rd, err := r.NewReader(ring.ReaderOptions{Batch: int(n)})
 	if err != nil {
 		r.Close()
 		return nil, err
 	}
 	prefault(r)
-	return &ringReceiver{r: r, rd: rd, await: awaitCount(s.Size)}, nil
+	return &ringReceiver{r: r, rd: rd, await: n}, nil
 }
 
 func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error {
@@ -316,19 +317,35 @@ func (s *ringReceiver) receive(fn func([]byte) bool, stop <-chan struct{}) error
 		if errors.Is(err, ring.ErrEmpty) && isStopped() {
 			return nil
 		}
+		// A pending entry (a producer between its claim and its commit)
+		// can hold the cursor while the batch's last entry is committed
+		// already, and then awaitBatch returns at once: pause before the
+		// next Read, each of which loads the head's lines.
+		spinPause(awaitPause)
 	}
 }
 
-// readBatch is how many records a throughput reader copies at a time.
-const readBatch = 1024
+// maxAwait is the most records a throughput reader waits for before it
+// reads, and copies in one fill.
+const maxAwait = 1024
 
 // awaitCount is how many records of size payload bytes a throughput reader
-// waits for before it reads: a batch, or 256 KiB, what a ring.Reader copies
-// in one fill, for large records. Waiting for a whole batch of 16 KiB
-// records would wait for a whole default ring, and lose the first.
-func awaitCount(size int) uint64 {
-	return uint64(max(1, min(readBatch, (256<<10)/(size+shm.RecordHeaderSize))))
+// of a ring of geometry g waits for before it reads, and copies in one
+// fill: at most maxAwait; at most 256 KiB, what a ring.Reader copies in one
+// fill at most, so that the fill ends at the last record waited for; and
+// at most a quarter of the ring's index and of its data, so that the first
+// records waited for are not overwritten before the last one lands.
+func awaitCount(g shm.Geometry, size int) uint64 {
+	rec := uint64(size + shm.RecordHeaderSize)
+	return max(1, min(maxAwait, (256<<10)/rec, uint64(g.IndexSlots)/4, g.DataBytes/4/rec))
 }
+
+// awaitSpins pauses of awaitPause iterations bound awaitBatch's wait:
+// about a hundred microseconds on the development VM.
+const (
+	awaitSpins = 64
+	awaitPause = 3000
+)
 
 // awaitBatch waits until the n-th entry past rd's cursor is committed (or
 // abandoned), or for about a hundred microseconds, or until done. It looks
@@ -336,19 +353,21 @@ func awaitCount(size int) uint64 {
 // another n records: a reader that polls the head instead (Read, Lag, or
 // Ready at the cursor) takes the lines the producers are writing, and each
 // look costs a producer a round trip between cores ("A reader that has
-// caught up" in README.md). The next Read then copies the n records
-// without going near the head. The time limit bounds the wait for the tail
-// of a stream that stops short of n.
+// caught up" in README.md). A Read with a batch of n (awaitCount) then
+// copies the n records and stops, without going near the head. The time
+// limit bounds the wait for the tail of a stream that stops short of n.
+// A true Ready does not promise that Read returns a record: an entry
+// before the last may still be pending, and the caller backs off then.
 func awaitBatch(rd *ring.Reader, n uint64, done func() bool) {
 	if n == 0 {
 		return
 	}
 	last := rd.Cursor() + n - 1
-	for i := 0; i < 64 && !rd.Ready(last); i++ {
+	for i := 0; i < awaitSpins && !rd.Ready(last); i++ {
 		if done() {
 			return
 		}
-		spinPause(3000)
+		spinPause(awaitPause)
 	}
 }
 
