@@ -179,7 +179,6 @@ func runProducer(args []string) error {
 	return nil
 }
 
-
 func stampRecord(p []byte, id int, counter uint64) {
 	tag := uint64(id)<<48 | counter
 	binary.LittleEndian.PutUint64(p, tag)
