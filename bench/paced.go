@@ -30,8 +30,8 @@ var pacedSeriesList = []pacedSeries{
 		func(l *Link, _ string, n int) error { return FutexSend(l, n) },
 		func(l *Link, _ string, n int) (*Result, error) { return FutexReceive(l, n) }},
 	{"ring/spin", true,
-		func(l *Link, dir string, n int) error { return RingSpinSend(l, pacedRing(dir), n) },
-		func(l *Link, dir string, n int) (*Result, error) { return RingSpinReceive(l, pacedRing(dir), n) }},
+		func(l *Link, dir string, n int) error { return RingSpinSend(l, ringPath(dir), n) },
+		func(l *Link, dir string, n int) (*Result, error) { return RingSpinReceive(l, ringPath(dir), n) }},
 	{"events/spin", true,
 		func(l *Link, dir string, n int) error { return EventsSend(l, pacedBus(dir), false, n) },
 		func(l *Link, dir string, n int) (*Result, error) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/shmring/shmring/ring"
 	"github.com/shmring/shmring/shm"
@@ -18,8 +17,6 @@ import (
 // record, reads the clock and acknowledges. Next to events/spin, it tells
 // what the ring's layout costs from what the bus's work adds: encoding,
 // decoding and dispatch.
-
-func pacedRing(dir string) string { return filepath.Join(dir, "ring") }
 
 // RingSpinReceive is the receiving side of ring/spin: it opens (creating)
 // the ring at path, with the default geometry, and measures n records.
