@@ -297,6 +297,8 @@ func TestPostErrors(t *testing.T) {
 		"unique":  func() error { _, err := b.PostUnique("s", "n", nil, "k"); return err },
 		"local":   func() error { _, err := b.PostLocal("s", "n", nil); return err },
 		"poll":    func() error { _, err := b.Poll(); return err },
+		"json":    func() error { _, err := b.PostJSON("s", "n", 1); return err },
+		"ring":    func() error { _, err := b.Ring().Append([]byte("x")); return err },
 		"unique table": func() error {
 			_, _, err := b.Unique()
 			return err
@@ -304,6 +306,10 @@ func TestPostErrors(t *testing.T) {
 	} {
 		assert.ErrorIs(t, f(), ErrClosed, name)
 	}
+	// What has no error to return still answers, from what the bus kept.
+	st := b.Stats()
+	assert.Equal(t, uint64(3), st.Posted, "started, the publish above and stopping")
+	assert.Zero(t, st.Lag)
 	reg := b.Register(func(*Event) {}, "")
 	assert.False(t, reg.Unregister(), "registering on a closed bus is inert")
 	_, open := <-b.Subscribe(context.Background(), 1, "")

@@ -215,8 +215,12 @@ func (rd *Reader) Buffered() int { return len(rd.recs) - rd.next }
 
 // Lag returns how many sequence numbers have been claimed past the reader's
 // cursor: records it has still to see (or lose). It reads the producers'
-// hottest word, so call it once per batch, not per record.
+// hottest word, so call it once per batch, not per record. It is 0 once
+// the ring is closed.
 func (rd *Reader) Lag() uint64 {
+	if rd.ring.closed.Load() {
+		return 0
+	}
 	tail := rd.ring.ctl.seqTail.Load() // snapshot; orders nothing
 	if c := rd.Cursor(); tail > c {
 		return tail - c
@@ -906,7 +910,11 @@ func (rd *Reader) peek() peekState {
 // that a later lap reused (the reader was lapped): a caller that spins on
 // Ready should also look at Next now and then, and read, so that a dead
 // producer's entry is abandoned in time and a lapped reader counts its loss.
+// It is false once the ring is closed.
 func (r *Ring) Ready(seq uint64) bool {
+	if r.closed.Load() {
+		return false
+	}
 	return r.fmt.settled(r.index[seq&r.indexMask].word.Load(), seq) // acquire: pairs with the commit CAS
 }
 
@@ -925,9 +933,13 @@ func (r *Ring) Ready(seq uint64) bool {
 // before the last lands; a batch (ReaderOptions.Batch) of n ends the read
 // at the record waited for. Ready true does not promise a record: an entry
 // before seq may still be pending, and Read then returns ErrPending, after
-// which the consumer should pause rather than read again at once.
+// which the consumer should pause rather than read again at once. It is
+// false once the ring is closed.
 func (rd *Reader) Ready(seq uint64) bool {
 	r := rd.ring
+	if r.closed.Load() { // not rd.closed: Ready may run beside Close's goroutine
+		return false
+	}
 	w := r.index[seq&r.indexMask].word.Load() // acquire: pairs with the commit CAS
 	if r.fmt.settled(w, seq) {
 		return true
@@ -948,7 +960,7 @@ func minPositive(a, b time.Duration) time.Duration {
 // (Read does it every 64 refills and before sleeping), for readers that
 // sleep through WaitNext.
 func (rd *Reader) Sync() {
-	if rd.slot != nil && !rd.closed {
+	if rd.slot != nil && !rd.closed && !rd.ring.closed.Load() {
 		rd.publish()
 	}
 }

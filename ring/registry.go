@@ -60,8 +60,11 @@ func (r *Ring) reclaim(i int, owner uint64) bool {
 }
 
 // Reclaim frees the registry slots of readers whose processes have died and
-// returns how many it freed.
+// returns how many it freed (none once the ring is closed).
 func (r *Ring) Reclaim() int {
+	if r.closed.Load() {
+		return 0
+	}
 	n := 0
 	for i := range r.slots {
 		if owner := r.slots[i].owner.Load(); owner != 0 && r.reclaim(i, owner) {
@@ -71,8 +74,12 @@ func (r *Ring) Reclaim() int {
 	return n
 }
 
-// Readers returns the registry's occupied slots.
+// Readers returns the registry's occupied slots; nil once the ring is
+// closed.
 func (r *Ring) Readers() []ReaderInfo {
+	if r.closed.Load() {
+		return nil
+	}
 	var out []ReaderInfo
 	for i := range r.slots {
 		s := &r.slots[i]

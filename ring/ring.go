@@ -127,8 +127,8 @@ func (r *Ring) MaxRecord() int { return int(r.maxRecord) }
 // Close releases the registry slots of the ring's open readers, marks the
 // ring closed and closes its region. It is idempotent. The caller must first
 // stop every goroutine that appends to or reads from it: afterwards their
-// calls return ErrClosed, but a call already running would touch unmapped
-// memory.
+// calls return ErrClosed (or, where a method has no error to return, false,
+// zero or nil), but a call already running would touch unmapped memory.
 func (r *Ring) Close() error {
 	if r.closed.Swap(true) {
 		return nil
@@ -162,6 +162,9 @@ func (r *Ring) releaseSlots() (err error) {
 // returns ErrTooBig if p is larger than MaxRecord and ErrAbandoned if the
 // readers gave up on the entry before this call committed it.
 func (r *Ring) Append(p []byte) (uint64, error) {
+	if r.closed.Load() {
+		return 0, ErrClosed
+	}
 	if uint64(len(p)) > uint64(r.maxRecord) {
 		return 0, r.tooBig(len(p))
 	}
@@ -197,6 +200,9 @@ func (r *Ring) put(pos uint64, p []byte) {
 // that encode straight into a buffer. fill must write all n bytes and must
 // not retain dst. If fill panics, nothing has been claimed.
 func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
+	if r.closed.Load() {
+		return 0, ErrClosed
+	}
 	if n < 0 || uint64(n) > uint64(r.maxRecord) {
 		return 0, r.tooBig(n)
 	}
@@ -231,6 +237,9 @@ func (r *Ring) AppendFunc(n int, fill func(dst []byte)) (uint64, error) {
 // committed it still commits the others and returns an error wrapping
 // ErrAbandoned that says how many.
 func (r *Ring) AppendBatch(recs [][]byte) (uint64, error) {
+	if r.closed.Load() {
+		return 0, ErrClosed
+	}
 	var total uint64
 	for _, p := range recs {
 		if uint64(len(p)) > uint64(r.maxRecord) {
@@ -357,8 +366,13 @@ func (r *Ring) wake() {
 }
 
 // Next returns the next sequence number to be claimed: the number of
-// records ever claimed.
-func (r *Ring) Next() uint64 { return r.ctl.seqTail.Load() } // snapshot
+// records ever claimed; 0 once the ring is closed.
+func (r *Ring) Next() uint64 {
+	if r.closed.Load() {
+		return 0
+	}
+	return r.ctl.seqTail.Load() // snapshot
+}
 
 // Counters are the ring-wide counters kept in the region.
 type Counters struct {
@@ -377,8 +391,11 @@ type Counters struct {
 	Waiters uint32
 }
 
-// Counters reads the ring-wide counters.
+// Counters reads the ring-wide counters; all zero once the ring is closed.
 func (r *Ring) Counters() Counters {
+	if r.closed.Load() {
+		return Counters{}
+	}
 	return Counters{
 		Next:        r.ctl.seqTail.Load(),
 		DataTail:    r.ctl.dataTail.Load(),
@@ -402,8 +419,11 @@ func (r *Ring) sleepingReaders() uint32 {
 
 // Oldest returns the sequence number of the oldest record still in the ring
 // (committed or abandoned, with its bytes not yet overwritten), or Next if
-// there is none.
+// there is none; 0 once the ring is closed.
 func (r *Ring) Oldest() uint64 {
+	if r.closed.Load() {
+		return 0
+	}
 	tail := r.ctl.seqTail.Load()
 	// After seqTail: every record below tail has its bytes below this.
 	dataTail := r.ctl.dataTail.Load()

@@ -349,8 +349,9 @@ func (r *Region) Geometry() Geometry { return r.header.Geometry }
 func (r *Region) Sections() Sections { return r.secs }
 
 // Control returns the control area of the header page (ControlSize bytes,
-// 128-byte aligned).
-func (r *Region) Control() []byte { return r.mem[ControlOffset:HeaderSize:HeaderSize] }
+// 128-byte aligned). It and the other section accessors return nil once the
+// region is closed.
+func (r *Region) Control() []byte { return r.section(ControlOffset, ControlSize) }
 
 // Readers returns the reader table.
 func (r *Region) Readers() []byte { return r.section(r.secs.ReadersOff, r.secs.ReadersSize) }
@@ -365,7 +366,16 @@ func (r *Region) Index() []byte { return r.section(r.secs.IndexOff, r.secs.Index
 // i and byte i+DataBytes are the same memory.
 func (r *Region) Data() []byte { return r.section(r.secs.DataOff, 2*r.secs.DataSize) }
 
-func (r *Region) section(off, size uint64) []byte { return r.mem[off : off+size : off+size] }
+// section returns mem[off:off+size]. The accessors are called when a ring
+// is opened, not per record, so they take the lock rather than race Close.
+func (r *Region) section(off, size uint64) []byte {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	if r.closed {
+		return nil
+	}
+	return r.mem[off : off+size : off+size]
+}
 
 // Prefault enters every page of the region into this process's page
 // tables now, writable, without changing a byte (MADV_POPULATE_WRITE, Linux

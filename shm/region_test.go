@@ -581,6 +581,12 @@ func TestCloseIdempotent(t *testing.T) {
 		assert.NoError(t, err, "Close %d", i)
 	}
 	assert.NoError(t, r.Close(), "Close after Close")
+	for name, section := range map[string]func() []byte{
+		"Control": r.Control, "Readers": r.Readers, "Unique": r.Unique, "Index": r.Index, "Data": r.Data,
+	} {
+		assert.Nil(t, section(), "%s after Close", name)
+	}
+	assert.ErrorIs(t, r.Prefault(), ErrClosed)
 	_, err = os.Stat(path)
 	assert.NoError(t, err, "Close leaves the file")
 }
