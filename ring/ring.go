@@ -128,7 +128,8 @@ func (r *Ring) MaxRecord() int { return int(r.maxRecord) }
 // ring closed and closes its region. It is idempotent. The caller must first
 // stop every goroutine that appends to or reads from it: afterwards their
 // calls return ErrClosed (or, where a method has no error to return, false,
-// zero or nil), but a call already running would touch unmapped memory.
+// zero or nil), but a call already running faults on the region's addresses,
+// which stay reserved (shm.Region.Close).
 func (r *Ring) Close() error {
 	if r.closed.Swap(true) {
 		return nil

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 	"unsafe"
@@ -396,6 +397,12 @@ func (r *Region) Prefault() error {
 }
 
 // Close unmaps the region and closes the file. It is idempotent.
+//
+// The file leaves the address space at once, but its addresses stay
+// reserved, with no access allowed, until the Region itself is garbage. A
+// call that races Close, which callers must not let happen, then faults on
+// them (an error where the goroutine runs under debug.SetPanicOnFault)
+// instead of reaching whatever the process would have mapped there next.
 func (r *Region) Close() error {
 	r.closeMu.Lock()
 	defer r.closeMu.Unlock()
@@ -404,7 +411,15 @@ func (r *Region) Close() error {
 	}
 	r.closed = true
 	r.mem = nil
-	err := unix.MunmapPtr(r.base, r.mapLen)
+	// One mapping over the whole range replaces both file mappings at once,
+	// as the reservation they were made in (mapRegion).
+	_, err := unix.MmapPtr(-1, 0, r.base, r.mapLen, unix.PROT_NONE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED)
+	if err == nil {
+		runtime.AddCleanup(r, releaseReservation, reservation{r.base, r.mapLen})
+	} else {
+		err = unix.MunmapPtr(r.base, r.mapLen)
+	}
 	if cerr := r.file.Close(); err == nil {
 		err = cerr
 	}
@@ -413,6 +428,15 @@ func (r *Region) Close() error {
 	}
 	return nil
 }
+
+// reservation is the address range a closed Region keeps (see Close).
+// Its base points outside Go's heap, so it does not keep the Region alive.
+type reservation struct {
+	base unsafe.Pointer
+	len  uintptr
+}
+
+func releaseReservation(m reservation) { _ = unix.MunmapPtr(m.base, m.len) }
 
 // Remove closes the region and deletes its file.
 func (r *Region) Remove() error {

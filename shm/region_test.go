@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -589,6 +593,62 @@ func TestCloseIdempotent(t *testing.T) {
 	assert.ErrorIs(t, r.Prefault(), ErrClosed)
 	_, err = os.Stat(path)
 	assert.NoError(t, err, "Close leaves the file")
+}
+
+// A slice kept past Close faults, where it would otherwise reach whatever
+// the process maps at those addresses next: Close leaves them reserved, with
+// no access, until the Region is garbage, and then gives them back.
+func TestClosedRegionKeepsItsAddressesUntilGarbage(t *testing.T) {
+	r, err := Open(createRing(t), Options{})
+	require.NoError(t, err)
+	data := r.Data()
+	data[0] = 1
+	addr := uintptr(unsafe.Pointer(&data[0]))
+	require.NoError(t, r.Close())
+	r = nil // the last reference: data points outside Go's heap
+
+	perm, mapped := mappingAt(t, addr)
+	require.True(t, mapped, "the addresses are still reserved")
+	assert.Equal(t, "---p", perm, "and nothing may touch them")
+	func() {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			p := recover()
+			require.NotNil(t, p, "a read of a closed region must fault")
+			f, ok := p.(interface{ Addr() uintptr })
+			require.True(t, ok, "a fault, not another panic: %v", p)
+			assert.Equal(t, addr, f.Addr())
+		}()
+		faultSink = atomic.LoadUint32((*uint32)(unsafe.Pointer(&data[0])))
+	}()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC() // the cleanup runs once a collection finds the Region unreachable
+		if perm, mapped := mappingAt(t, addr); !mapped || perm != "---p" {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the reservation outlived its Region")
+		runtime.Gosched()
+	}
+}
+
+var faultSink uint32
+
+// mappingAt returns the permissions of the mapping that holds addr, from
+// /proc/self/maps, and whether there is one.
+func mappingAt(t *testing.T, addr uintptr) (string, bool) {
+	t.Helper()
+	maps, err := os.ReadFile("/proc/self/maps")
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(maps), "\n") {
+		var lo, hi uintptr
+		var perm string
+		if _, err := fmt.Sscanf(line, "%x-%x %s", &lo, &hi, &perm); err == nil && lo <= addr && addr < hi {
+			return perm, true
+		}
+	}
+	return "", false
 }
 
 func TestRemove(t *testing.T) {
