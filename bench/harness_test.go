@@ -145,6 +145,20 @@ func TestMedian(t *testing.T) {
 	assert.Equal(t, []float64{3, 1, 2}, in, "the input is left alone")
 }
 
+func TestRoundSamples(t *testing.T) {
+	for _, c := range []struct{ samples, rounds int }{{20000, 5}, {1001, 2}, {7, 3}, {3, 3}, {5, 1}} {
+		total, prev := 0, c.samples
+		for round := range c.rounds {
+			n := roundSamples(c.samples, c.rounds, round)
+			assert.Positive(t, n, "%+v round %d", c, round)
+			assert.LessOrEqual(t, n, prev, "%+v: the first rounds take the remainder", c)
+			assert.LessOrEqual(t, n-c.samples/c.rounds, 1, "%+v: even shares", c)
+			total, prev = total+n, n
+		}
+		assert.Equal(t, c.samples, total, "%+v", c)
+	}
+}
+
 func TestConfigDefaultsAndErrors(t *testing.T) {
 	c, err := Config{Dir: t.TempDir()}.withDefaults()
 	require.NoError(t, err)
@@ -157,6 +171,11 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 100*time.Millisecond, q.Duration)
 	assert.Equal(t, 1, q.Repeat)
+	assert.Equal(t, 5, c.Rounds)
+	assert.Equal(t, 2, q.Rounds)
+	few, err := Config{Dir: t.TempDir(), Samples: 3, Rounds: 10}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, 3, few.Rounds, "no round without a sample")
 
 	for _, bad := range []Config{
 		{Sizes: []int{15}},
@@ -167,6 +186,7 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 		{Producers: []int{65}},
 		{Series: []string{"smoke-signals"}},
 		{Rate: -1},
+		{Rounds: -1},
 		{Dir: "/nonexistent/shmbench"},
 		{Dir: "/dev/null"},
 		{RingBytes: 5_000_000},

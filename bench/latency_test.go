@@ -41,7 +41,7 @@ func latencyDir(tb testing.TB) string {
 func runLatency(tb testing.TB, s pacedSeries, n int) *Result {
 	tb.Helper()
 	h := &harness{ctx: context.Background(), cfg: Config{Exe: os.Args[0], Dir: latencyDir(tb), Samples: n}}
-	res, err := h.runPaced(s)
+	res, err := h.runPaced(s, n)
 	if err != nil {
 		tb.Fatalf("%s: %v", s.name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -108,13 +109,16 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d→%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n",
 				r.Series, method, achieved, r.Producers, r.Readers, fmtSize(r.Size),
 				fmtDur(r.Latency.P50), fmtDur(r.Latency.P90), fmtDur(r.Latency.P99), fmtDur(r.Latency.P999), fmtDur(r.Latency.Max),
-				r.Latency.Count, fmtRatio(r.VsFloor, r.FloorSeries), fmtRatio(r.VsBroker, ""), r.Check)
+				r.Latency.Count, fmtFloorRatio(r), fmtRatio(r.VsBroker, ""), r.Check)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
 		fmt.Fprintln(w, "method: paced (one message in flight) or the offered rate per producer; sent/s: the rate the producer kept.")
 		fmt.Fprintln(w, "×floor: p50 over the p50 of the floor named; ×broker: p50 over broker/unix's in the same row set (lower is better).")
+		if rounds := pacedRounds(lat); rounds > 1 {
+			fmt.Fprintf(w, "paced rows: %d rounds, each running every paced series in turn; ×floor is the median of the rounds' ratios (their range in brackets).\n", rounds)
+		}
 	}
 	if len(thr) > 0 {
 		fmt.Fprintln(w, "\nThroughput, as fast as the producers send (delivered to the slowest reader; median of runs)")
@@ -176,6 +180,27 @@ func fmtDur(d time.Duration) string {
 		return fmt.Sprintf("%.2fms", float64(d)/1e6)
 	}
 	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+// fmtFloorRatio is a row's ×floor, with the range of its rounds' ratios
+// when it was measured in rounds.
+func fmtFloorRatio(r *Row) string {
+	if len(r.VsFloorRounds) < 2 {
+		return fmtRatio(r.VsFloor, r.FloorSeries)
+	}
+	return fmt.Sprintf("%s (%.2f–%.2f) %s", fmtRatio(r.VsFloor, ""),
+		slices.Min(r.VsFloorRounds), slices.Max(r.VsFloorRounds), strings.TrimPrefix(r.FloorSeries, "floor/"))
+}
+
+// pacedRounds is the most rounds a paced row of rows was measured in.
+func pacedRounds(rows []*Row) int {
+	n := 0
+	for _, r := range rows {
+		if r.Method == "paced" {
+			n = max(n, r.Runs)
+		}
+	}
+	return n
 }
 
 func fmtRatio(x float64, floor string) string {

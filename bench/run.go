@@ -38,6 +38,11 @@ type Config struct {
 	// Samples is the number of samples of each paced latency series
 	// (default 20000, 1000 when Quick).
 	Samples int
+	// Rounds is how many parts the paced latency series' samples are taken
+	// in: each round runs every paced series in turn, so that a series and
+	// the floor it is compared with sample the same stretches of the
+	// machine's time (default 5, 2 when Quick).
+	Rounds int
 	// Readers are the reader counts of the throughput rows (default 1 and
 	// 4). The latency rows at a rate use them too when set (default 1).
 	Readers []int
@@ -119,6 +124,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	def(&c.Repeat, 3, 1)
 	def(&c.Samples, 20000, 1000)
+	def(&c.Rounds, 5, 2)
 	def(&c.Rate, 10000, 10000)
 	if c.Interval == 0 {
 		c.Interval = time.Millisecond
@@ -150,9 +156,10 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("bench: %d processes: want 1 to 64", n)
 		}
 	}
-	if c.Duration < 0 || c.Repeat < 0 || c.Samples < 0 || c.Rate < 0 || c.Interval < 0 {
-		return c, errors.New("bench: negative duration, repeat, samples, rate or interval")
+	if c.Duration < 0 || c.Repeat < 0 || c.Samples < 0 || c.Rounds < 0 || c.Rate < 0 || c.Interval < 0 {
+		return c, errors.New("bench: negative duration, repeat, samples, rounds, rate or interval")
 	}
+	c.Rounds = min(c.Rounds, c.Samples) // at least one sample a round
 	if c.Rate > MaxRate {
 		return c, fmt.Errorf("bench: rate %d is above %d a second", c.Rate, MaxRate)
 	}
@@ -304,9 +311,14 @@ type Row struct {
 	// unix-socket broker in the same configuration. For latency, p50 over
 	// p50 (lower is better); for throughput, rate over rate (higher is
 	// better). Zero when there is nothing to compare.
-	FloorSeries string  `json:"floor_series,omitempty"`
-	VsFloor     float64 `json:"vs_floor,omitempty"`
-	VsBroker    float64 `json:"vs_broker,omitempty"`
+	// A paced row measured in rounds compares round by round: VsFloor is
+	// the median of VsFloorRounds, each round's p50 over the floor's p50 in
+	// the same round (RoundP50s).
+	FloorSeries   string    `json:"floor_series,omitempty"`
+	VsFloor       float64   `json:"vs_floor,omitempty"`
+	VsFloorRounds []float64 `json:"vs_floor_rounds,omitempty"`
+	VsBroker      float64   `json:"vs_broker,omitempty"`
+	RoundP50s     []int64   `json:"round_p50_ns,omitempty"`
 
 	Counters map[string]int64 `json:"counters,omitempty"`
 
@@ -398,8 +410,10 @@ func (h *harness) checkCores(series string, busy int) {
 }
 
 func (h *harness) latencyRows() {
+	var paced []pacedSeries
+	var rows []*Row
 	for _, s := range pacedSeriesList {
-		if !h.cfg.wants(s.name) || h.ctx.Err() != nil {
+		if !h.cfg.wants(s.name) {
 			continue
 		}
 		busy := 1 // the sender spins while it waits for acknowledgements
@@ -407,19 +421,36 @@ func (h *harness) latencyRows() {
 			busy = 2
 		}
 		h.checkCores(s.name, busy)
-		row := &Row{Scenario: "latency", Series: s.name, Method: "paced", Producers: 1, Readers: 1, Size: EventsPayload, Runs: 1}
-		h.progress("latency  %-16s paced, %d samples", s.name, h.cfg.Samples)
-		res, err := h.runPaced(s)
-		if err != nil {
-			row.Err, row.Check = err.Error(), "FAILED"
-		} else {
-			row.hist = res.Latency
-			row.Latency = res.Latency.Summary()
-			row.Sent = uint64(res.Latency.Count())
-			row.Counters = res.Counters
-			row.Check = "ok"
+		paced = append(paced, s)
+		rows = append(rows, &Row{Scenario: "latency", Series: s.name, Method: "paced", Producers: 1, Readers: 1, Size: EventsPayload})
+	}
+	// Round by round, every series in turn: how fast a line or a wake-up
+	// crosses between this VM's CPUs changes by several times from one
+	// minute to the next, as the host moves them.
+	rounds := h.cfg.Rounds
+	for round := range rounds {
+		for i, s := range paced {
+			row := rows[i]
+			if row.Err != "" || h.ctx.Err() != nil {
+				continue
+			}
+			n := roundSamples(h.cfg.Samples, rounds, round)
+			h.progress("latency  %-16s paced, round %d of %d, %d samples", s.name, round+1, rounds, n)
+			res, err := h.runPaced(s, n)
+			if err != nil {
+				row.Err, row.Check = err.Error(), "FAILED"
+				if rounds > 1 {
+					row.Err = fmt.Sprintf("round %d: %v", round+1, err)
+				}
+				continue
+			}
+			row.addRound(res)
 		}
-		h.rep.Rows = append(h.rep.Rows, row)
+	}
+	for _, row := range rows {
+		if row.Runs > 0 || row.Err != "" {
+			h.rep.Rows = append(h.rep.Rows, row)
+		}
 	}
 	readers := h.cfg.Readers
 	if len(readers) == 0 {
@@ -431,6 +462,37 @@ func (h *harness) latencyRows() {
 				h.transportRow("latency", series, 1, n, size, h.cfg.Rate, 1)
 			}
 		}
+	}
+}
+
+// roundSamples is how many of samples round takes: an even share, the
+// first rounds taking one more while a remainder lasts.
+func roundSamples(samples, rounds, round int) int {
+	n := samples / rounds
+	if round < samples%rounds {
+		n++
+	}
+	return n
+}
+
+// addRound adds one round of a paced series to its row.
+func (r *Row) addRound(res *Result) {
+	if r.hist == nil {
+		r.hist = new(Latency)
+	}
+	r.hist.Merge(res.Latency)
+	r.RoundP50s = append(r.RoundP50s, int64(res.Latency.Quantile(0.5)))
+	r.Runs++
+	r.Latency = r.hist.Summary()
+	r.Sent = uint64(r.hist.Count())
+	for k, v := range res.Counters {
+		if r.Counters == nil {
+			r.Counters = map[string]int64{}
+		}
+		r.Counters[k] += v
+	}
+	if r.Err == "" {
+		r.Check = "ok"
 	}
 }
 
@@ -794,7 +856,7 @@ func (h *harness) runSPSC(env *runEnv) (runOut, error) {
 }
 
 // runPaced runs a paced series: the sender here, the receiver in a child.
-func (h *harness) runPaced(s pacedSeries) (*Result, error) {
+func (h *harness) runPaced(s pacedSeries, n int) (*Result, error) {
 	dir, err := os.MkdirTemp(h.cfg.Dir, "shmbench-")
 	if err != nil {
 		return nil, err
@@ -809,7 +871,6 @@ func (h *harness) runPaced(s pacedSeries) (*Result, error) {
 	l.Timeout = 5 * time.Second
 	g, stop := h.newGroup()
 	defer stop()
-	n := h.cfg.Samples
 	c, err := g.start("paced", []string{s.name, dir, strconv.Itoa(n)})
 	if err != nil {
 		return nil, err
@@ -870,6 +931,13 @@ func (h *harness) ratios() {
 			}
 			if f := find(func(o *Row) bool { return o.Series == floor }); f != nil && f.Latency.P50 > 0 {
 				r.FloorSeries, r.VsFloor = floor, float64(r.Latency.P50)/float64(f.Latency.P50)
+				if len(r.RoundP50s) > 1 && len(r.RoundP50s) == len(f.RoundP50s) && !slices.Contains(f.RoundP50s, 0) {
+					r.VsFloorRounds = make([]float64, len(r.RoundP50s))
+					for i, p := range r.RoundP50s {
+						r.VsFloorRounds[i] = float64(p) / float64(f.RoundP50s[i])
+					}
+					r.VsFloor = median(r.VsFloorRounds)
+				}
 			}
 			if b := find(func(o *Row) bool {
 				return o.Series == "broker/unix" && o.Scenario == r.Scenario && o.Method == r.Method && o.Readers == r.Readers && o.Producers == r.Producers && o.Size == r.Size

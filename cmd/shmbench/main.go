@@ -158,6 +158,7 @@ received; a row that lost events says so.`,
 	f.IntVar(&cfg.Rate, "rate", 0, "offered rate of the latency rows, events/s per producer (default 10000)")
 	f.IntVar(&cfg.Repeat, "repeat", 0, "runs per throughput row; the table shows the median (default 3)")
 	f.IntVar(&cfg.Samples, "samples", 0, "samples per paced latency series (default 20000)")
+	f.IntVar(&cfg.Rounds, "rounds", 0, "rounds the paced series take their samples in, each series in turn (default 5)")
 	f.DurationVar(&cfg.Interval, "interval", 0, "Timer mode's poll period (default 1ms)")
 	f.StringVar(&cfg.Dir, "dir", "", "where the runs' rings live (default /dev/shm)")
 	f.Var((*byteSize)(&cfg.RingBytes), "ring-bytes", "data bytes of the ring and events series' rings, a power of two such as 4MiB (default 64MiB, more for the largest sizes)")

@@ -60,6 +60,14 @@ func TestQuickJSON(t *testing.T) {
 		assert.Positive(t, rs[0].Latency.P50, s)
 		assert.LessOrEqual(t, rs[0].Latency.P50, rs[0].Latency.Max, s)
 		assert.Equal(t, "ok", rs[0].Check, s)
+		// --quick takes them in two rounds, each series in turn, and
+		// compares with the floor round by round.
+		assert.Equal(t, 2, rs[0].Runs, s)
+		assert.Len(t, rs[0].RoundP50s, 2, s)
+		if !strings.HasPrefix(s, "floor/") {
+			require.Len(t, rs[0].VsFloorRounds, 2, s)
+			assert.InDelta(t, (rs[0].VsFloorRounds[0]+rs[0].VsFloorRounds[1])/2, rs[0].VsFloor, 1e-9, "%s: the median of two rounds", s)
+		}
 	}
 	// At a rate, with 1 and 2 readers: the bus's modes and the baselines.
 	for _, s := range []string{"events/spin", "events/wake", "events/timer", "broker/unix", "pipe", "chan"} {
