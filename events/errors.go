@@ -39,8 +39,9 @@ var (
 // The region's open errors, re-exported so that callers of Open need import
 // only this package. Errors from Open wrap them (and a *shm.PathError).
 var (
-	ErrNotRing   = shm.ErrNotRing
-	ErrVersion   = shm.ErrVersion
-	ErrCorrupt   = shm.ErrCorrupt
-	ErrTruncated = shm.ErrTruncated
+	ErrNotRing      = shm.ErrNotRing
+	ErrVersion      = shm.ErrVersion
+	ErrCorrupt      = shm.ErrCorrupt
+	ErrTruncated    = shm.ErrTruncated
+	ErrPIDNamespace = shm.ErrPIDNamespace
 )

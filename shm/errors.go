@@ -26,6 +26,12 @@ var (
 	// ErrForeignOwner: the file belongs to another user and
 	// Options.AllowForeignOwner is off.
 	ErrForeignOwner = errors.New("file owned by another user")
+	// ErrPIDNamespace: the file was created in another PID namespace. Its
+	// readers and posters are told apart by process id, and a process id
+	// names another process, or none, in another PID namespace: a live
+	// reader's slot would be taken for a dead one's. Processes that share a
+	// region must share their PID namespace too.
+	ErrPIDNamespace = errors.New("region created in another PID namespace")
 	// ErrGeometry: the requested geometry is invalid.
 	ErrGeometry = errors.New("invalid geometry")
 	// ErrClosed: the region has been closed. It is os.ErrClosed, so callers

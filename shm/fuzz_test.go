@@ -92,7 +92,7 @@ func checkDecodeHeader(t *testing.T, b []byte) {
 	if err != nil {
 		t.Fatalf("re-encoded header does not decode: %v", err)
 	}
-	if h2.Version != h.Version || h2.Geometry != h.Geometry || h2.CreatorPID != h.CreatorPID || h2.Created.UnixNano() != h.Created.UnixNano() {
+	if h2.Version != h.Version || h2.Geometry != h.Geometry || h2.CreatorPID != h.CreatorPID || h2.PIDNamespace != h.PIDNamespace || h2.Created.UnixNano() != h.Created.UnixNano() {
 		t.Fatalf("re-decoded %+v, first decoded %+v", h2, h)
 	}
 }

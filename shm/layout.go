@@ -33,7 +33,7 @@ import (
 //	36   4     maxRecord      creator, once       largest record, <= D/2
 //	40   8     createdNs      creator, once       unix nanoseconds
 //	48   4     creatorPID     creator, once
-//	52   4     reserved       -                   0
+//	52   4     pidNamespace   creator, once       inode of its PID namespace; 0 = unknown
 //	56   4     geometryCRC    creator, once       CRC32C of bytes [0, 56)
 //	60   68    reserved       -                   0
 //	128  3968  control area   package ring        hot words, one per 128-byte block
@@ -55,8 +55,9 @@ const (
 	// key's last known follow-up lies after the winner; 6: the unique
 	// section ends with a claim word per index slot, and a unique event is
 	// marked a follow-up when it is posted, not when it is polled; 7: a
-	// unique key's expiry is CLOCK_MONOTONIC, not wall, nanoseconds.
-	LayoutVersion = 7
+	// unique key's expiry is CLOCK_MONOTONIC, not wall, nanoseconds; 8: the
+	// header's word at 52 names the creator's PID namespace.
+	LayoutVersion = 8
 
 	// ReaderSlotSize is the size of one reader-table entry.
 	ReaderSlotSize = 64
@@ -89,8 +90,8 @@ const (
 	offMaxRecord   = offUniqueSlots + 4
 	offCreatedNs   = offMaxRecord + 4
 	offCreatorPID  = offCreatedNs + 8
-	offReserved0   = offCreatorPID + 4
-	offGeometryCRC = offReserved0 + 4
+	offPIDNS       = offCreatorPID + 4
+	offGeometryCRC = offPIDNS + 4
 	geometryEnd    = offGeometryCRC // the CRC covers [0, geometryEnd)
 )
 
@@ -257,6 +258,11 @@ type Header struct {
 	Geometry   Geometry
 	Created    time.Time
 	CreatorPID int
+	// PIDNamespace is the inode number of the creator's PID namespace
+	// (/proc/PID/ns/pid), or 0 if it was not known. Readers and posters are
+	// told apart by process id, so only processes of this namespace may
+	// share the region (Open checks).
+	PIDNamespace uint32
 }
 
 // encodeHeader writes the immutable header into b (at least geometryEnd+4 bytes).
@@ -272,7 +278,7 @@ func encodeHeader(b []byte, h Header) {
 	le.PutUint32(b[offMaxRecord:], h.Geometry.MaxRecord)
 	le.PutUint64(b[offCreatedNs:], uint64(h.Created.UnixNano()))
 	le.PutUint32(b[offCreatorPID:], uint32(h.CreatorPID))
-	le.PutUint32(b[offReserved0:], 0)
+	le.PutUint32(b[offPIDNS:], h.PIDNamespace)
 	le.PutUint32(b[offGeometryCRC:], crc32.Checksum(b[:geometryEnd], castagnoli))
 }
 
@@ -304,8 +310,8 @@ func DecodeHeader(b []byte) (Header, error) {
 	if want, got := crc32.Checksum(b[:geometryEnd], castagnoli), le.Uint32(b[offGeometryCRC:]); want != got {
 		return Header{}, reasonf(ErrCorrupt, "header checksum %#08x, computed %#08x", got, want)
 	}
-	if flags, res := le.Uint32(b[offFlags:]), le.Uint32(b[offReserved0:]); flags != 0 || res != 0 {
-		return Header{}, reasonf(ErrCorrupt, "reserved header fields are not zero (flags %#x, reserved %#x)", flags, res)
+	if flags := le.Uint32(b[offFlags:]); flags != 0 {
+		return Header{}, reasonf(ErrCorrupt, "reserved header flags are not zero (%#x)", flags)
 	}
 	h.Geometry = Geometry{
 		IndexSlots:  le.Uint32(b[offIndexSlots:]),
@@ -319,5 +325,6 @@ func DecodeHeader(b []byte) (Header, error) {
 	}
 	h.Created = time.Unix(0, int64(le.Uint64(b[offCreatedNs:])))
 	h.CreatorPID = int(le.Uint32(b[offCreatorPID:]))
+	h.PIDNamespace = le.Uint32(b[offPIDNS:])
 	return h, nil
 }

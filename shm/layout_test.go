@@ -63,14 +63,14 @@ func TestHeaderOffsets(t *testing.T) {
 		{"offMaxRecord", offMaxRecord, 36},
 		{"offCreatedNs", offCreatedNs, 40},
 		{"offCreatorPID", offCreatorPID, 48},
-		{"offReserved0", offReserved0, 52},
+		{"offPIDNS", offPIDNS, 52},
 		{"offGeometryCRC", offGeometryCRC, 56},
 		{"geometryEnd", geometryEnd, 56},
 		{"ControlOffset", ControlOffset, 128},
 		{"ControlSize", ControlSize, 3968},
 		{"HeaderSize", HeaderSize, 4096},
 		{"PageSize", PageSize, 4096},
-		{"LayoutVersion", LayoutVersion, 7},
+		{"LayoutVersion", LayoutVersion, 8},
 		{"ReaderSlotSize", ReaderSlotSize, 64},
 		{"UniqueSlotSize", UniqueSlotSize, 32},
 		{"IndexEntrySize", IndexEntrySize, 8},
@@ -88,7 +88,7 @@ func TestHeaderOffsets(t *testing.T) {
 
 func TestEncodeHeaderByteMap(t *testing.T) {
 	g := Geometry{IndexSlots: 0x1000, DataBytes: 0x1_0000_0000, ReaderSlots: 0x0203, UniqueSlots: 0x040506, MaxRecord: 0x0708090a}
-	h := Header{Version: LayoutVersion, Geometry: g, Created: time.Unix(0, 0x1122334455667788), CreatorPID: 0x01020304}
+	h := Header{Version: LayoutVersion, Geometry: g, Created: time.Unix(0, 0x1122334455667788), CreatorPID: 0x01020304, PIDNamespace: 0xf0000a0b}
 	page := make([]byte, HeaderSize)
 	for i := range page {
 		page[i] = 0xee // encodeHeader must write every byte it owns
@@ -97,7 +97,7 @@ func TestEncodeHeaderByteMap(t *testing.T) {
 	le := binary.LittleEndian
 	// Literal offsets on purpose: this is the documented byte map.
 	assert.Equal(t, "SHMRING\x00", string(page[0:8]), "magic")
-	assert.Equal(t, uint32(7), le.Uint32(page[8:]), "version")
+	assert.Equal(t, uint32(8), le.Uint32(page[8:]), "version")
 	assert.Equal(t, uint32(0), le.Uint32(page[12:]), "flags")
 	assert.Equal(t, uint32(0x1000), le.Uint32(page[16:]), "index slots")
 	assert.Equal(t, uint32(0x0203), le.Uint32(page[20:]), "reader slots")
@@ -106,7 +106,7 @@ func TestEncodeHeaderByteMap(t *testing.T) {
 	assert.Equal(t, uint32(0x0708090a), le.Uint32(page[36:]), "max record")
 	assert.Equal(t, uint64(0x1122334455667788), le.Uint64(page[40:]), "created ns")
 	assert.Equal(t, uint32(0x01020304), le.Uint32(page[48:]), "creator pid")
-	assert.Equal(t, uint32(0), le.Uint32(page[52:]), "reserved")
+	assert.Equal(t, uint32(0xf0000a0b), le.Uint32(page[52:]), "PID namespace")
 	assert.Equal(t, crc32.Checksum(page[:56], crc32.MakeTable(crc32.Castagnoli)), le.Uint32(page[56:]), "CRC32C of [0, 56)")
 	for i := 60; i < HeaderSize; i++ {
 		if page[i] != 0xee {
@@ -265,7 +265,7 @@ func TestGeometryWithDefaults(t *testing.T) {
 func TestDecodeHeaderRoundTrip(t *testing.T) {
 	for _, g := range []Geometry{testGeometry, Geometry{}.WithDefaults(), largestGeometry} {
 		for _, created := range []time.Time{time.Unix(0, 0), time.Unix(0, 1_700_000_000_123_456_789), time.Unix(0, -1), time.Now()} {
-			in := Header{Version: LayoutVersion, Geometry: g, Created: created, CreatorPID: 0x7fff_fff0}
+			in := Header{Version: LayoutVersion, Geometry: g, Created: created, CreatorPID: 0x7fff_fff0, PIDNamespace: 0xffff_fffe}
 			page := make([]byte, HeaderSize)
 			encodeHeader(page, in)
 			got, err := DecodeHeader(page)
@@ -273,6 +273,7 @@ func TestDecodeHeaderRoundTrip(t *testing.T) {
 			assert.Equal(t, in.Version, got.Version)
 			assert.Equal(t, in.Geometry, got.Geometry)
 			assert.Equal(t, in.CreatorPID, got.CreatorPID)
+			assert.Equal(t, in.PIDNamespace, got.PIDNamespace)
 			assert.True(t, in.Created.Equal(got.Created), "created %v, decoded %v", in.Created, got.Created)
 
 			// Longer input: only the first page is the header.
@@ -318,7 +319,6 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"four bytes of magic", []byte("SHMR"), ErrTruncated, "4 bytes"},
 		{"four bytes, not magic", []byte("SHMX"), ErrNotRing, "magic"},
 		{"flags set, valid CRC", mutate(func(b []byte) { b[offFlags] = 1; fixCRC(b) }), ErrCorrupt, "reserved"},
-		{"reserved word set, valid CRC", mutate(func(b []byte) { b[offReserved0+3] = 0x80; fixCRC(b) }), ErrCorrupt, "reserved"},
 		{"garbage", []byte("this is not a ring at all, just some text in a file\n"), ErrNotRing, "magic"},
 		{"zero page", make([]byte, HeaderSize), ErrNotRing, "magic"},
 		{"magic last byte flipped", mutate(func(b []byte) { b[7] = 1 }), ErrNotRing, "magic"},
@@ -326,15 +326,15 @@ func TestDecodeHeaderErrors(t *testing.T) {
 		{"short with magic", valid[:100], ErrTruncated, "header is 100 bytes"},
 		{"one byte short", valid[:HeaderSize-1], ErrTruncated, "want 4096"},
 		{"short with magic and wrong version", mutate(func(b []byte) { b[offVersion] = 9 })[:64], ErrTruncated, "header is 64 bytes"},
-		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 8; fixCRC(b) }), ErrVersion, "layout version 8"},
-		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 8 }), ErrVersion, "layout version 8"},
+		{"wrong version, valid CRC", mutate(func(b []byte) { b[offVersion] = 9; fixCRC(b) }), ErrVersion, "layout version 9"},
+		{"wrong version, stale CRC", mutate(func(b []byte) { b[offVersion] = 9 }), ErrVersion, "layout version 9"},
 		{"previous layout (unique expiry in wall time)", mutate(func(b []byte) { b[offVersion] = 6; fixCRC(b) }), ErrVersion, "layout version 6"},
 		{"previous layout (unique follow-ups decided when polled)", mutate(func(b []byte) { b[offVersion] = 5; fixCRC(b) }), ErrVersion, "layout version 5"},
 		{"previous layout (no unique follow-ups)", mutate(func(b []byte) { b[offVersion] = 4; fixCRC(b) }), ErrVersion, "layout version 4"},
 		{"previous layout (CRC32C record checksums)", mutate(func(b []byte) { b[offVersion] = 3; fixCRC(b) }), ErrVersion, "layout version 3"},
-		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 7"},
+		{"previous layout (32-byte index entries)", mutate(func(b []byte) { b[offVersion] = 1; fixCRC(b) }), ErrVersion, "layout version 1, this build reads 8"},
 		{"version zero", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offVersion:], 0); fixCRC(b) }), ErrVersion, "layout version 0"},
-		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 8; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 8"},
+		{"wrong version and bad geometry", mutate(func(b []byte) { b[offVersion] = 9; b[offIndexSlots] = 3; fixCRC(b) }), ErrVersion, "layout version 9"},
 		{"CRC byte flipped", mutate(func(b []byte) { b[offGeometryCRC] ^= 1 }), ErrCorrupt, "checksum"},
 		{"bad geometry, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offIndexSlots:], 17); fixCRC(b) }), ErrCorrupt, "geometry"},
 		{"max record too large, valid CRC", mutate(func(b []byte) { binary.LittleEndian.PutUint32(b[offMaxRecord:], 4096); fixCRC(b) }), ErrCorrupt, "max record"},

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shmring/shmring/internal/proc"
 	"github.com/shmring/shmring/internal/testproc"
 )
 
@@ -32,6 +33,7 @@ func TestHelperProcess(t *testing.T) {
 		"open-race":   runOpenRace,
 		"open-denied": runOpenDenied,
 		"futex-wait":  runFutexWait,
+		"open-pidns":  runOpenPIDNamespace,
 	})
 }
 
@@ -281,4 +283,101 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	require.NoError(t, err)
 	require.NoError(t, dst.Close())
 	require.NoError(t, os.Chmod(to, mode))
+}
+
+// runOpenPIDNamespace: path dir. Runs in a PID namespace of its own and
+// reports how each entry point treats path, a region created outside it,
+// and whether a region it creates itself in dir opens.
+func runOpenPIDNamespace(args []string) error {
+	path, dir := args[0], args[1]
+	fmt.Printf("ns %d\n", proc.PIDNamespace())
+	report := func(op string, err error) {
+		var pe *PathError
+		fmt.Printf("op=%s pidns=%t patherr=%t msg=%q\n", op, errors.Is(err, ErrPIDNamespace),
+			errors.As(err, &pe) && pe.Path == path, fmt.Sprint(err))
+	}
+	_, err := Open(path, Options{})
+	report("open", err)
+	_, err = OpenOrCreate(path, Options{Geometry: testGeometry})
+	report("openorcreate", err)
+	h, err := ReadHeader(path, Options{})
+	report("readheader", err)
+	fmt.Printf("creator-ns %d\n", h.PIDNamespace)
+	own, err := Create(filepath.Join(dir, "own"), Options{Geometry: testGeometry})
+	if err != nil {
+		return err
+	}
+	defer own.Close()
+	again, err := Open(filepath.Join(dir, "own"), Options{})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("own-ns %d\n", again.Header().PIDNamespace)
+	return again.Close()
+}
+
+// A process of another PID namespace may not share a region: the process
+// ids in its reader table and locks would name other processes there, or
+// none, and live readers' slots would be reclaimed as dead ones'.
+func TestOpenRefusesAnotherPIDNamespace(t *testing.T) {
+	own := proc.PIDNamespace()
+	if own == 0 {
+		t.Skip("this process's PID namespace is unknown (no /proc)")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ring")
+	r, err := Create(path, Options{Geometry: testGeometry})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	assert.Equal(t, own, r.Header().PIDNamespace)
+	childDir := filepath.Join(dir, "child")
+	require.NoError(t, os.Mkdir(childDir, 0o700))
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcess$", "--", path, childDir)
+	cmd.Env = append(os.Environ(), "SHMRING_TESTPROC_ROLE=open-pidns")
+	attr := &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	if uid, gid := os.Geteuid(), os.Getegid(); uid != 0 {
+		// Without root, a user namespace of its own lets the child have a
+		// PID namespace; it keeps our ids, so the file stays its own.
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}}
+	}
+	cmd.SysProcAttr = attr
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output() // waits for, and so reaps, the child
+	if err != nil && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC)) {
+		t.Skipf("cannot start a process in a PID namespace of its own here: %v", err)
+	}
+	require.NoError(t, err, "child failed; stderr: %s", stderr.String())
+
+	var childNS, creatorNS, ownNS uint32
+	ops := map[string]string{}
+	for line := range strings.Lines(string(out)) {
+		switch {
+		case strings.HasPrefix(line, "ns "):
+			_, err = fmt.Sscanf(line, "ns %d", &childNS)
+		case strings.HasPrefix(line, "creator-ns "):
+			_, err = fmt.Sscanf(line, "creator-ns %d", &creatorNS)
+		case strings.HasPrefix(line, "own-ns "):
+			_, err = fmt.Sscanf(line, "own-ns %d", &ownNS)
+		case strings.HasPrefix(line, "op="):
+			op, rest, _ := strings.Cut(strings.TrimPrefix(line, "op="), " ")
+			ops[op] = strings.TrimSpace(rest)
+		}
+		require.NoError(t, err, line)
+	}
+	require.NotZero(t, childNS, "the child knows its namespace; output: %s", out)
+	require.NotEqual(t, own, childNS, "the child runs in a PID namespace of its own")
+	for _, op := range []string{"open", "openorcreate"} {
+		require.Contains(t, ops, op)
+		assert.Contains(t, ops[op], "pidns=true patherr=true", "%s is refused with ErrPIDNamespace, naming the path", op)
+		assert.Contains(t, ops[op], fmt.Sprintf("PID namespace %d, this process is in %d", own, childNS), op)
+	}
+	assert.Contains(t, ops["readheader"], "pidns=false", "reading the header alone maps nothing and is allowed")
+	assert.Equal(t, own, creatorNS, "the header names the creator's namespace")
+	assert.Equal(t, childNS, ownNS, "a region created in the child's namespace opens there")
 }

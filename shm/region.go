@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmring/shmring/internal/proc"
 )
 
 // Options control how a region file is opened or created. The zero value
@@ -224,11 +226,24 @@ func openExisting(path string, opts Options) (*Region, error) {
 		return nil, err
 	}
 	h, secs, err := readAndCheckHeader(f)
+	if err == nil {
+		err = checkPIDNamespace(h)
+	}
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return mapRegion(path, f, h, secs)
+}
+
+// checkPIDNamespace refuses a region created in another PID namespace than
+// this process's (ErrPIDNamespace). Where either is unknown (no /proc), it
+// cannot tell, and lets it be.
+func checkPIDNamespace(h Header) error {
+	if own := proc.PIDNamespace(); h.PIDNamespace != 0 && own != 0 && h.PIDNamespace != own {
+		return reasonf(ErrPIDNamespace, "created by pid %d in PID namespace %d, this process is in %d", h.CreatorPID, h.PIDNamespace, own)
+	}
+	return nil
 }
 
 func create(path string, opts Options) (*Region, error) {
@@ -262,7 +277,7 @@ func create(path string, opts Options) (*Region, error) {
 	if err := f.Chmod(perm); err != nil {
 		return nil, err
 	}
-	h := Header{Version: LayoutVersion, Geometry: g, Created: time.Now(), CreatorPID: os.Getpid()}
+	h := Header{Version: LayoutVersion, Geometry: g, Created: time.Now(), CreatorPID: os.Getpid(), PIDNamespace: proc.PIDNamespace()}
 	secs := g.Sections()
 	if err := f.Truncate(int64(secs.FileSize)); err != nil {
 		return nil, err

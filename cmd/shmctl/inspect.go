@@ -44,12 +44,15 @@ type Info struct {
 	Geometry   GeometryInfo `json:"geometry"`
 	CreatedAt  time.Time    `json:"created_at"`
 	CreatorPID int          `json:"creator_pid"`
-	Next       uint64       `json:"next"`
-	Oldest     uint64       `json:"oldest"`
-	Held       uint64       `json:"held"`
-	Fill       float64      `json:"fill"`
-	Counters   CounterInfo  `json:"counters"`
-	Readers    struct {
+	// PIDNamespace is the inode of the creator's PID namespace, which every
+	// process that opens the ring must share; 0 if it was not known.
+	PIDNamespace uint32      `json:"pid_namespace"`
+	Next         uint64      `json:"next"`
+	Oldest       uint64      `json:"oldest"`
+	Held         uint64      `json:"held"`
+	Fill         float64     `json:"fill"`
+	Counters     CounterInfo `json:"counters"`
+	Readers      struct {
 		Live int `json:"live"`
 		Dead int `json:"dead"`
 	} `json:"readers"`
@@ -125,10 +128,11 @@ func inspect(r *ring.Ring, rows []ReaderRow) (Info, error) {
 			IndexSlots: g.IndexSlots, DataBytes: g.DataBytes, ReaderSlots: g.ReaderSlots,
 			UniqueSlots: g.UniqueSlots, MaxRecord: g.MaxRecord,
 		},
-		CreatedAt:  h.Created,
-		CreatorPID: h.CreatorPID,
-		Next:       c.Next,
-		Oldest:     r.Oldest(),
+		CreatedAt:    h.Created,
+		CreatorPID:   h.CreatorPID,
+		PIDNamespace: h.PIDNamespace,
+		Next:         c.Next,
+		Oldest:       r.Oldest(),
 		Counters: CounterInfo{
 			Posted: c.Next, Abandoned: c.Abandoned, TooBig: c.TooBig,
 			LateCommits: c.LateCommits, Waiters: c.Waiters,
@@ -215,7 +219,7 @@ func printInfo(w io.Writer, i Info) error {
 	fmt.Fprintf(tw, "layout version\t%d\n", i.Version)
 	fmt.Fprintf(tw, "geometry\t%d index slots, %d data bytes, %d reader slots, %d unique slots, records up to %d bytes\n",
 		g.IndexSlots, g.DataBytes, g.ReaderSlots, g.UniqueSlots, g.MaxRecord)
-	fmt.Fprintf(tw, "created\t%s by pid %d\n", i.CreatedAt.Format(time.RFC3339), i.CreatorPID)
+	fmt.Fprintf(tw, "created\t%s by pid %d (PID namespace %d)\n", i.CreatedAt.Format(time.RFC3339), i.CreatorPID, i.PIDNamespace)
 	fmt.Fprintf(tw, "next sequence\t%d\n", i.Next)
 	fmt.Fprintf(tw, "oldest valid\t%d (%d held, %.1f%% of the index)\n", i.Oldest, i.Held, 100*i.Fill)
 	c := i.Counters

@@ -26,6 +26,7 @@ import (
 
 	"github.com/shmring/shmring/events"
 	"github.com/shmring/shmring/internal/lines"
+	"github.com/shmring/shmring/internal/proc"
 	"github.com/shmring/shmring/shm"
 )
 
@@ -475,6 +476,7 @@ type infoDoc struct {
 	} `json:"geometry"`
 	CreatedAt  string  `json:"created_at"`
 	CreatorPID int     `json:"creator_pid"`
+	PIDNS      uint32  `json:"pid_namespace"`
 	Next       uint64  `json:"next"`
 	Oldest     uint64  `json:"oldest"`
 	Held       uint64  `json:"held"`
@@ -561,6 +563,7 @@ func TestInfo(t *testing.T) {
 		assert.WithinDuration(t, time.Now(), created, 5*time.Minute)
 	}
 	assert.Equal(t, os.Getpid(), info.CreatorPID)
+	assert.Equal(t, proc.PIDNamespace(), info.PIDNS)
 	assert.Equal(t, uint64(4), info.Next, "info must not post to the ring")
 	assert.Equal(t, uint64(0), info.Oldest)
 	assert.Equal(t, uint64(4), info.Held)

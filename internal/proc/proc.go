@@ -79,6 +79,25 @@ func Alive(pid int, start uint32) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
+var selfNS struct {
+	once sync.Once
+	ino  uint32
+}
+
+// PIDNamespace returns the inode number of this process's PID namespace
+// (/proc/self/ns/pid), which names the namespace while it exists, or 0 if it
+// cannot be read or does not fit 32 bits. Process ids, and so every Owner,
+// mean something only inside one PID namespace.
+func PIDNamespace() uint32 {
+	selfNS.once.Do(func() {
+		var st syscall.Stat_t
+		if err := syscall.Stat("/proc/self/ns/pid", &st); err == nil && st.Ino <= 1<<32-1 {
+			selfNS.ino = uint32(st.Ino)
+		}
+	})
+	return selfNS.ino
+}
+
 // An Owner is a process identity packed into one 64-bit word for shared
 // tables: pid<<32 | the low 32 bits of its start time. 0 means "nobody".
 type Owner uint64
