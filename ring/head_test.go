@@ -112,3 +112,25 @@ func TestReaderReadyOnDamagedTail(t *testing.T) {
 	assert.Equal(t, peekEmpty, rd.peek())
 	assert.False(t, rd.Ready(rd.Cursor()))
 }
+
+// After each read, Reader.Ready knows where the next record will begin and
+// loads those lines while it waits for the commit; at every position of a
+// small ring, the end of the data area included, it does so inside the
+// mapping and still answers as before.
+func TestReaderReadyKnowsTheNextRecordsLine(t *testing.T) {
+	r := openTestRing(t, smallGeometry)
+	rd := newTestReader(t, r, ReaderOptions{})
+	assert.Zero(t, rd.nextLine.Load(), "nothing read yet: no guess")
+	for i := range 400 {
+		assert.False(t, rd.Ready(rd.Cursor()), "record %d: nothing committed", i)
+		size := 1 + (i*37)%200
+		_, err := r.Append(payload(i, size))
+		require.NoError(t, err)
+		require.True(t, rd.Ready(rd.Cursor()), "record %d", i)
+		rec, err := rd.Read()
+		require.NoError(t, err)
+		require.Equal(t, payload(i, size), rec.Data)
+		next := r.ctl.dataTail.Load() // where the next record will be claimed
+		assert.Equal(t, next&r.dataMask+1, rd.nextLine.Load(), "record %d", i)
+	}
+}
