@@ -962,7 +962,7 @@ func (r *Ring) Ready(seq uint64) bool {
 // A reader spinning on its next entry so has those lines sent over with
 // the commit's, rather than asking for them only once it has seen the
 // commit. Where a line takes 450 ns to cross between two CPUs, that took
-// 110-150 ns off the ring's one-way latency and 250-270 ns off the bus's
+// about 120 ns off the ring's one-way latency and 200-250 ns off the bus's
 // Spin mode (shmbench's ring/spin and events/spin); where it takes 130 ns,
 // no change showed.
 func (rd *Reader) Ready(seq uint64) bool {
